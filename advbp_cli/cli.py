@@ -1,0 +1,65 @@
+"""The `advbp` command: a click group whose commands live in advbp_cli/commands/. Every error a user can cause
+ends here as one line on stderr and exit code 2 (no traceback); see `main`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .commands.eval import eval_cmd
+from .commands.presets import presets_cmd
+from .commands.train import train_cmd
+from .errors import TrainingDiverged, UsageProblem
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="advbp")
+def cli():
+    """advbp: adversarial back-propagation (Nøkland 2015).
+
+    Train the paper's networks (`advbp train --preset mnist-relu-2x400-adv`), evaluate them (`advbp eval RUN`),
+    and list the presets named after the paper's table rows (`advbp presets`).
+    """
+
+
+cli.add_command(train_cmd)
+cli.add_command(eval_cmd)
+cli.add_command(presets_cmd)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .trainer import Interrupted
+
+    try:
+        code = cli.main(args=argv, prog_name="advbp", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Error: aborted", err=True)
+        code = 130
+    except click.ClickException as exc:  # bad option, unknown command, bad value: click's usage errors
+        click.echo(f"Error: {_one_line(exc.format_message())} (see 'advbp {_command_of(argv)}--help')", err=True)
+        code = exc.exit_code
+    except UsageProblem as exc:
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        code = exc.exit_code
+    except TrainingDiverged as exc:
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        code = exc.exit_code
+    except Interrupted as exc:
+        click.echo(f"Stopped: {_one_line(exc)}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("Stopped: interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_of(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args if not a.startswith("-")), None)
+    return f"{first} " if first in cli.commands else ""

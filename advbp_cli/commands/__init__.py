@@ -1,0 +1,1 @@
+"""One module per `advbp` command; each stays thin: parse, build a config, call one function, print."""

@@ -1,0 +1,202 @@
+"""`advbp train`: one network, from a preset plus overrides, into a run directory."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .. import presets
+from ..config import RunConfig, build_config
+from ..data.mnist import ensure_files
+from ..data.paths import resolve_data_dir
+from ..errors import UsageProblem
+from ..rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, RunDir
+from .common import data_dir_option, emit_json, json_option, parse_clip, parse_int_list
+
+# CLI option -> (config section, field); None values mean "not given", so the preset or default stands.
+OVERRIDES = {
+    "hidden": ("model", "hidden"),
+    "activation": ("model", "activation"),
+    "output": ("model", "output"),
+    "init_std": ("model", "init_std"),
+    "method": ("train", "method"),
+    "eps": ("train", "eps"),
+    "adv_weight": ("train", "adv_weight"),
+    "clip": ("train", "clip"),
+    "lr": ("train", "lr"),
+    "batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "mean_last": ("train", "mean_last"),
+    "eval_split": ("data", "eval_split"),
+    "train_limit": ("data", "train_limit"),
+    "eval_limit": ("data", "eval_limit"),
+    "eval_train_error": ("data", "eval_train_error"),
+    "backend": ("runtime", "backend"),
+    "device": ("runtime", "device"),
+    "dtype": ("runtime", "dtype"),
+    "seed": ("runtime", "seed"),
+    "tf32": ("runtime", "tf32"),
+}
+# What may change when resuming: how many epochs, and where the arithmetic runs.
+RESUMABLE = {"epochs", "backend", "device"}
+
+
+def preset_config_values(name: str | None) -> dict:
+    if name is None:
+        return {}
+    try:
+        return {"preset": name, **presets.config_values(presets.load_preset(name))}
+    except KeyError:
+        raise UsageProblem(f"invalid value for --preset: unknown preset {name!r} (see 'advbp presets' for the names)") from None
+
+
+def overrides_from(options: dict) -> dict:
+    out: dict = {}
+    for opt, (section, field) in OVERRIDES.items():
+        value = options.get(opt)
+        if value is None:
+            continue
+        if opt == "hidden":
+            value = parse_int_list(value, "--hidden")
+        elif opt == "clip":
+            value = parse_clip(value)
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+@click.command("train")
+@click.option("--preset", default=None, help="A row of the paper's tables (see `advbp presets`).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this directory from its last completed epoch.")
+@click.option("--method", type=click.Choice(["backprop", "adversarial"]), default=None)
+@click.option("--eps", type=float, default=None, help="FGSM perturbation size (paper: 0.08).")
+@click.option("--adv-weight", type=float, default=None, help="a in a*J(x)+(1-a)*J(z); 0 is the paper.")
+@click.option("--clip", default=None, help="Clip the perturbed input to LO,HI (e.g. 0,1), or none (paper).")
+@click.option("--lr", type=float, default=None, help="Learning rate (step = lr x mean batch gradient).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--mean-last", type=int, default=None, help="Headline: mean eval error of the last N epochs (10).")
+@click.option("--hidden", default=None, help="Hidden layer sizes, e.g. 400,400.")
+@click.option("--activation", type=click.Choice(["logistic", "tanh", "relu"]), default=None)
+@click.option("--output", type=click.Choice(["sigmoid_bce", "softmax_ce"]), default=None)
+@click.option("--init-std", type=float, default=None)
+@click.option("--eval-split", type=click.Choice(["test", "validation"]), default=None,
+              help="test: train on 60k, eval on test; validation: train on the first 50k, eval on the last 10k.")
+@click.option("--train-limit", type=int, default=None, help="Use only the first N training images (smoke runs).")
+@click.option("--eval-limit", type=int, default=None, help="Use only the first N evaluation images.")
+@click.option("--eval-train-error/--no-eval-train-error", default=None,
+              help="Measure clean training error after every epoch (default on).")
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None, help="Default: torch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option("--seed", type=int, default=None, help="Seeds the initial weights and the batch order.")
+@click.option("--tf32/--no-tf32", default=None, help="Allow TF32 matmuls on CUDA (off by default).")
+@data_dir_option
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/PRESET-seedN).")
+@click.option("--overwrite", is_flag=True, help="Replace the advbp files of an existing run in --out.")
+@json_option
+def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json, **options):
+    """Train one network with back-propagation or adversarial back-propagation."""
+    if resume_dir:
+        cfg, run = _resume_config(resume_dir, preset, out, options)
+    else:
+        cfg = build_config(preset_config_values(preset), overrides_from(options))
+        out_path = Path(out) if out else Path("runs") / f"{preset or 'custom'}-seed{cfg.runtime.seed}"
+        run = RunDir(out_path)
+    data_path, _ = resolve_data_dir(data_dir)
+    # Data problems are found before anything is written, so a failed start leaves no run directory behind.
+    ensure_files(data_path, download=not no_download, log=_log)
+
+    created = not run.path.exists()
+    if not resume_dir and run.is_run() and not overwrite:
+        raise UsageProblem(f"--out {run.path} already holds a run; use --resume {run.path}, --overwrite, or another --out")
+    run.lock()
+    try:
+        if overwrite and not resume_dir:
+            for name in (CONFIG, METRICS, CHECKPOINT, SUMMARY):
+                (run.path / name).unlink(missing_ok=True)
+        summary = _train_with_display(cfg, run, data_path, resume=bool(resume_dir), as_json=as_json)
+    except UsageProblem:
+        if created and not run.checkpoint_path.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    finally:
+        run.unlock()
+    if as_json:
+        emit_json({"run_dir": str(run.path), **summary})
+    else:
+        h = summary["headline"]
+        paper = summary.get("paper") or {}
+        ref = f" (paper: {paper['error']}%)" if paper.get("error") is not None else ""
+        click.echo(f"{run.path}: {h['statistic']} = {h['value']:.3f}%{ref}")
+
+
+def _resume_config(resume_dir: str, preset, out, options) -> tuple[RunConfig, RunDir]:
+    run = RunDir(resume_dir)
+    if not run.is_run():
+        raise UsageProblem(f"invalid value for --resume: {resume_dir} is not an advbp run directory (no {CONFIG})")
+    if preset or out:
+        raise UsageProblem("--resume continues a run as it was configured; --preset and --out cannot be given with it")
+    changed = sorted(k for k, v in options.items() if v is not None and k not in RESUMABLE)
+    if changed:
+        raise UsageProblem(f"--resume cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} "
+                           f"(only {', '.join('--' + r for r in sorted(RESUMABLE))})")
+    record = run.read_config()
+    overrides = overrides_from({k: v for k, v in options.items() if k in RESUMABLE})
+    cfg = build_config(record["config"], overrides, source=str(run.config_path))
+    if run.is_complete() and not options.get("epochs"):
+        raise UsageProblem(f"{resume_dir} is already complete ({cfg.train.epochs} epochs); give --epochs N to extend it")
+    if run.is_complete():
+        run.summary_path.unlink()
+    return cfg, run
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bool, as_json: bool) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..trainer import Reporter, train
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    state = {"task": None, "epoch": 0, "t": time.perf_counter()}
+
+    def start(first_epoch, epochs, steps_per_epoch):
+        state["epoch"] = first_epoch + 1
+        state["task"] = progress.add_task("train", total=steps_per_epoch, epoch=first_epoch + 1, epochs=epochs, loss=float("nan"))
+        if first_epoch:
+            console.print(f"resuming {run.path} after epoch {first_epoch}")
+
+    def steps(n, loss):
+        progress.update(state["task"], advance=n, loss=loss)
+
+    def epoch_end(row):
+        tr = f"train {row['train_error']:.2f}%  " if "train_error" in row else ""
+        console.print(f"epoch {row['epoch']:>3}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  {tr}"
+                      f"{cfg.data.eval_split} {row['eval_error']:.2f}%  {row['seconds']:.1f}s")
+        progress.update(state["task"], completed=0, epoch=row["epoch"] + 1)
+
+    rep = Reporter(start=start, steps=steps, epoch_end=epoch_end, log=lambda m: console.print(m))
+    console.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
+                  f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
+                  f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}]")
+    with progress:
+        return train(cfg, run, data_path, reporter=rep, resume=resume)

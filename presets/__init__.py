@@ -1,0 +1,43 @@
+"""Presets are data: one TOML file per row of the paper's tables, naming only what differs from the defaults in
+advbp_cli.config (the paper's MNIST settings). Installed as `advbp_cli.presets`; these are the few lines that
+find and load them."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+_SPECIAL = {"groups", "paper-gaps"}
+
+
+def _folder():
+    return resources.files(__name__)
+
+
+def _read(name: str) -> dict:
+    return tomllib.loads((_folder() / f"{name}.toml").read_text(encoding="utf-8"))
+
+
+def preset_names() -> list[str]:
+    names = (p.name[: -len(".toml")] for p in _folder().iterdir() if p.name.endswith(".toml"))
+    return sorted(n for n in names if n not in _SPECIAL)
+
+
+def groups() -> dict[str, dict]:
+    return _read("groups")
+
+
+def paper_gaps() -> dict[str, str]:
+    return _read("paper-gaps")["gaps"]
+
+
+def load_preset(name: str) -> dict:
+    """The whole preset file: `description`, `paper` (the reported number) and config sections."""
+    if name not in preset_names():
+        raise KeyError(name)
+    return _read(name)
+
+
+def config_values(preset: dict) -> dict:
+    """The sections of a preset that are config (everything but description and paper)."""
+    return {k: v for k, v in preset.items() if k not in ("description", "paper")}
