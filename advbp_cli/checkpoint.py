@@ -48,7 +48,29 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise UsageProblem(f"{path} is not a readable safetensors checkpoint ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:
         raise UsageProblem(f"{path} is not an advbp checkpoint (metadata format is {meta.get('format')!r}, expected {FORMAT!r})")
+    epoch = meta.get("epoch", "0")
+    if not (epoch.isascii() and epoch.isdigit()):
+        raise UsageProblem(f"{path} is not a valid advbp checkpoint (metadata epoch is {epoch!r}, expected a whole number)")
     return tensors, meta
+
+
+def check_same_model(path: Path, meta: dict[str, str], model_cfg, config_origin: str) -> None:
+    """The architecture recorded in the checkpoint must be the one in the run's config.json: a checkpoint copied
+    in from another run (e.g. same sizes but another activation) is refused instead of silently misused."""
+    try:
+        saved = json.loads(meta.get("config", "")).get("model")
+    except (json.JSONDecodeError, AttributeError):
+        raise UsageProblem(f"checkpoint {path} carries no readable config in its metadata") from None
+    want = model_cfg.model_dump(mode="json")
+    if not isinstance(saved, dict):
+        raise UsageProblem(f"checkpoint {path} carries no model config in its metadata")
+    diff = sorted(k for k in set(want) | set(saved) if saved.get(k) != want.get(k))
+    if diff:
+        k = diff[0]
+        raise UsageProblem(
+            f"checkpoint {path} was trained with {k}={saved.get(k)!r} but {config_origin} says {k}={want.get(k)!r}: "
+            "the checkpoint belongs to another run"
+        )
 
 
 def check_params(path: Path, params: dict[str, np.ndarray], model_cfg) -> None:

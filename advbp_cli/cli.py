@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("Error: aborted", err=True)
         code = 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `advbp` alone: the help on stdout, one error line
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        click.echo(f"Error: no command given (see 'advbp {_command_of(argv)}--help')", err=True)
+        code = exc.exit_code
     except click.ClickException as exc:  # bad option, unknown command, bad value: click's usage errors
         click.echo(f"Error: {_one_line(exc.format_message())} (see 'advbp {_command_of(argv)}--help')", err=True)
         code = exc.exit_code

@@ -14,7 +14,8 @@ from .errors import UsageProblem
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and Inf are refused for every float (an infinite --lr or --eps can only diverge)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):

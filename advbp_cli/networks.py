@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .backends import load_backend
-from .checkpoint import check_params, read_checkpoint
+from .checkpoint import check_params, check_same_model, read_checkpoint
 from .config import RunConfig
 from .errors import UsageProblem
 from .rng import init_params, layer_sizes
@@ -63,6 +63,8 @@ def load_network(source: str | Path, backend: str | None = None, device: str | N
     except Exception as exc:
         raise UsageProblem(f"the config in {origin} is not valid: {str(exc).splitlines()[0]}") from None
     check_params(ckpt, params, cfg.model)
+    if source.is_dir():
+        check_same_model(ckpt, meta, cfg.model, origin)
     net = build_backend(cfg, backend, device, dtype or str(params["layers.0.weight"].dtype))
     net.set_params(params)
     return net, cfg, ckpt, meta

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import UsageProblem
-from .files import write_json_atomic, write_text_atomic
+from .files import stale_temporaries, write_json_atomic, write_text_atomic
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -48,6 +48,10 @@ class RunDir:
         fh.write(str(os.getpid()))
         fh.flush()
         self._lock_fh = fh
+        # A process killed mid-write leaves its temporary file behind (never a truncated final file); with the
+        # lock held nobody else can be writing here, so they are deleted.
+        for tmp in stale_temporaries(self.path):
+            tmp.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_fh is not None:
@@ -58,11 +62,16 @@ class RunDir:
     # --- contents
     def read_config(self) -> dict:
         try:
-            return json.loads(self.config_path.read_text())
+            record = json.loads(self.config_path.read_text())
         except FileNotFoundError:
             raise UsageProblem(f"{self.path} is not an advbp run directory (no {CONFIG})") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageProblem(f"{self.config_path} is not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise UsageProblem(f"cannot read {self.config_path}: {exc.strerror}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
+            raise UsageProblem(f"{self.config_path} is not an advbp run config (expected a JSON object with a 'config' object)")
+        return record
 
     def write_config(self, record: dict) -> None:
         write_json_atomic(self.config_path, record)
@@ -70,18 +79,28 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
             return []
-        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
         try:
-            return [json.loads(ln) for ln in lines]
-        except json.JSONDecodeError as exc:
+            lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+            rows = [json.loads(ln) for ln in lines]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageProblem(f"{self.metrics_path} is corrupt ({exc})") from None
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, dict) or row.get("epoch") != i:
+                raise UsageProblem(f"{self.metrics_path} is corrupt (line {i} is not the metrics of epoch {i})")
+        return rows
 
     def write_metrics(self, rows: list[dict]) -> None:
         # Rewritten whole (it is small) so the file is always a complete set of lines.
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary_path.read_text())
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageProblem(f"{self.summary_path} is corrupt ({exc})") from None
+        if not isinstance(summary, dict):
+            raise UsageProblem(f"{self.summary_path} is corrupt (expected a JSON object)")
+        return summary
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)

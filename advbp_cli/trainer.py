@@ -4,14 +4,17 @@ backend, metrics after every epoch, the checkpoint of the last completed epoch, 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .checkpoint import check_params, read_checkpoint, save_checkpoint
+from .checkpoint import check_params, check_same_model, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import load_splits
 from .errors import TrainingDiverged, UsageProblem
@@ -65,6 +68,45 @@ def _finite_params(params: dict) -> bool:
     return all(np.isfinite(v).all() for v in params.values())
 
 
+@contextmanager
+def _sigint_deferred():
+    """Holds back Ctrl-C while an epoch's metrics and checkpoint are written, so they are saved as a pair; the
+    interrupt is raised as soon as both are on disk. (SIGKILL cannot be held back: then the metrics may hold one
+    epoch more than the checkpoint, and resuming drops it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        if previous is signal.default_int_handler:
+            raise KeyboardInterrupt
+        if callable(previous):
+            previous(signal.SIGINT, None)
+
+
+def _interrupted_message(run: RunDir, saved: int, epochs: int) -> str:
+    hint = f"Resume with: advbp train --resume {run.path}"
+    if saved == 0:
+        return f"interrupted in epoch 1, before any epoch was saved in {run.path}. {hint} (it starts from epoch 1)"
+    if saved >= epochs:
+        return f"interrupted after all {epochs} epochs were saved in {run.path}, before the summary. {hint}"
+    return (f"interrupted in epoch {saved + 1}; epochs 1-{saved} of {epochs} are saved in {run.path} "
+            f"(checkpoint and metrics; epoch {saved + 1} starts again). {hint}")
+
+
+def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir) -> str:
+    kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.path}" if epoch > 0 else
+            f"no checkpoint was written (epoch 1 diverged; {run.path} holds only the config)")
+    return (f"training diverged: {what} in epoch {epoch + 1} with learning rate {cfg.train.lr} (--lr); {kept}. "
+            f"The learning rate is the likely cause (or a large --init-std, now {cfg.model.init_std}): "
+            "try a smaller --lr")
+
+
 def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None = None, resume: bool = False,
           download: bool = True) -> dict:
     """Trains cfg in `run` (already locked by the caller) and returns the summary."""
@@ -76,13 +118,26 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     if resume and run.checkpoint_path.is_file():
         params, meta = read_checkpoint(run.checkpoint_path)
         check_params(run.checkpoint_path, params, cfg.model)
+        check_same_model(run.checkpoint_path, meta, cfg.model, str(run.config_path))
         start_epoch = int(meta.get("epoch", 0))
         metrics = run.read_metrics()[:start_epoch]
         if len(metrics) != start_epoch:
             raise UsageProblem(f"{run.metrics_path} has {len(metrics)} epochs but the checkpoint is at epoch {start_epoch}")
+        if start_epoch > cfg.train.epochs:
+            raise UsageProblem(f"{run.path} already has {start_epoch} epochs; --epochs must be at least that (got {cfg.train.epochs})")
     else:
         params = fresh_params(cfg)
-        run.write_config(run_record(cfg, backend))
+    # The config on disk always describes the run as it is being continued (e.g. after --epochs N on resume), so
+    # a later --resume after another interruption continues the same run.
+    record = run_record(cfg, backend)
+    if resume and run.is_run():
+        old = run.read_config()
+        record["provenance"] = old.get("provenance", record["provenance"])
+        earlier = old.get("resumed") if isinstance(old.get("resumed"), list) else []
+        record["resumed"] = [*earlier, {"after_epoch": start_epoch, **_resume_note()}]
+    run.write_config(record)
+    if resume:  # extending a complete run: it is not complete again until the new summary is written
+        run.summary_path.unlink(missing_ok=True)
     backend.set_params(params)
 
     tc = cfg.train
@@ -90,49 +145,61 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     xd, yd = backend.asarray(train_split.x), backend.asarray(train_split.y, labels=True)
     steps_per_epoch = math.ceil(n / tc.batch_size)
     rep.start(start_epoch, tc.epochs, steps_per_epoch)
+    # Overflow is checked for explicitly (TrainingDiverged below), so numpy's overflow warnings would only be noise.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        summary = _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep)
+    return summary
+
+
+def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep) -> dict:
+    tc = cfg.train
+    n = len(train_split.x)
     t_run = time.perf_counter()
-    for epoch in range(start_epoch, tc.epochs):
-        t0 = time.perf_counter()
-        loss_sum, steps = 0.0, 0
-        try:
+    saved = start_epoch  # the epoch of the checkpoint on disk
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.perf_counter()
+            loss_sum, steps = 0.0, 0
             for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size):
                 losses = backend.train_steps(xd, yd, block, tc)
                 if not np.isfinite(losses).all():
                     bad = steps + int(np.argmin(np.isfinite(losses)))
-                    raise TrainingDiverged(
-                        f"the training loss became NaN or Inf in epoch {epoch + 1}, step {bad + 1}; "
-                        f"the last good checkpoint (epoch {epoch}) is kept in {run.path}; "
-                        f"the learning rate ({tc.lr}) is the likely cause, try a smaller --lr"
-                    )
+                    raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}", epoch, cfg, run))
                 loss_sum += float(losses.sum())
                 steps += len(losses)
                 rep.steps(len(losses), float(losses.mean()))
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted in epoch {epoch + 1}; epochs 1-{epoch} are saved in {run.path}. "
-                f"Resume with: advbp train --resume {run.path}"
-            ) from None
-        params_now = backend.get_params()
-        if not _finite_params(params_now):
-            raise TrainingDiverged(f"weights became NaN or Inf in epoch {epoch + 1}; the last good checkpoint (epoch {epoch}) is kept in {run.path}")
-        train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
-        if cfg.data.eval_train_error:
-            ev = evaluate_arrays(backend, train_split.x, train_split.y)
-            row["train_error"] = ev.error
-            row["train_clean_loss"] = ev.loss
-        ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
-        row.update(eval_error=ev.error, eval_loss=ev.loss, train_seconds=train_seconds,
-                   seconds=time.perf_counter() - t0)
-        metrics.append(row)
-        # metrics first, then the checkpoint: on resume the checkpoint's epoch decides, and extra lines are dropped
-        run.write_metrics(metrics)
-        save_checkpoint(run.checkpoint_path, params_now, cfg.model_dump(mode="json"), epoch + 1)
-        rep.epoch_end(row)
+            params_now = backend.get_params()
+            if not _finite_params(params_now):
+                raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run))
+            train_seconds = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
+            if cfg.data.eval_train_error:
+                ev = evaluate_arrays(backend, train_split.x, train_split.y)
+                row["train_error"] = ev.error
+                row["train_clean_loss"] = ev.loss
+            ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
+            row.update(eval_error=ev.error, eval_loss=ev.loss, train_seconds=train_seconds,
+                       seconds=time.perf_counter() - t0)
+            metrics.append(row)
+            # metrics first, then the checkpoint: on resume the checkpoint's epoch decides, and extra lines are dropped
+            with _sigint_deferred():
+                run.write_metrics(metrics)
+                save_checkpoint(run.checkpoint_path, params_now, cfg.model_dump(mode="json"), epoch + 1)
+                saved = epoch + 1
+            rep.epoch_end(row)
 
-    summary = summarize(cfg, metrics, eval_split.name, time.perf_counter() - t_run)
-    run.write_summary(summary)
+        summary = summarize(cfg, metrics, eval_split.name, time.perf_counter() - t_run)
+        run.write_summary(summary)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_message(run, saved, tc.epochs)) from None
     return summary
+
+
+def _resume_note() -> dict:
+    import sys
+    from datetime import datetime, timezone
+
+    return {"command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float) -> dict:

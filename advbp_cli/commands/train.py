@@ -113,10 +113,10 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
     ensure_files(data_path, download=not no_download, log=_log)
 
     created = not run.path.exists()
-    if not resume_dir and run.is_run() and not overwrite:
-        raise UsageProblem(f"--out {run.path} already holds a run; use --resume {run.path}, --overwrite, or another --out")
-    run.lock()
+    run.lock()  # first, so a run in progress is reported as such (not as "already holds a run")
     try:
+        if not resume_dir and run.is_run() and not overwrite:
+            raise UsageProblem(f"--out {run.path} already holds a run; use --resume {run.path}, --overwrite, or another --out")
         if overwrite and not resume_dir:
             for name in (CONFIG, METRICS, CHECKPOINT, SUMMARY):
                 (run.path / name).unlink(missing_ok=True)
@@ -147,12 +147,12 @@ def _resume_config(resume_dir: str, preset, out, options) -> tuple[RunConfig, Ru
         raise UsageProblem(f"--resume cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} "
                            f"(only {', '.join('--' + r for r in sorted(RESUMABLE))})")
     record = run.read_config()
+    if not isinstance(record.get("config"), dict):
+        raise UsageProblem(f"{run.config_path} is not an advbp run config (it has no 'config' object)")
     overrides = overrides_from({k: v for k, v in options.items() if k in RESUMABLE})
     cfg = build_config(record["config"], overrides, source=str(run.config_path))
     if run.is_complete() and not options.get("epochs"):
         raise UsageProblem(f"{resume_dir} is already complete ({cfg.train.epochs} epochs); give --epochs N to extend it")
-    if run.is_complete():
-        run.summary_path.unlink()
     return cfg, run
 
 
@@ -180,6 +180,12 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
     state = {"task": None, "epoch": 0, "t": time.perf_counter()}
 
     def start(first_epoch, epochs, steps_per_epoch):
+        # The banner and the progress bar appear only once data, network and checkpoint are loaded, so a failed
+        # start prints one line (its error) and nothing else.
+        progress.start()
+        console.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
+                      f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
+                      f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}]")
         state["epoch"] = first_epoch + 1
         state["task"] = progress.add_task("train", total=steps_per_epoch, epoch=first_epoch + 1, epochs=epochs, loss=float("nan"))
         if first_epoch:
@@ -195,8 +201,8 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
         progress.update(state["task"], completed=0, epoch=row["epoch"] + 1)
 
     rep = Reporter(start=start, steps=steps, epoch_end=epoch_end, log=lambda m: console.print(m))
-    console.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
-                  f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
-                  f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}]")
-    with progress:
+    try:
         return train(cfg, run, data_path, reporter=rep, resume=resume)
+    finally:
+        if progress.live.is_started:
+            progress.stop()

@@ -6,7 +6,9 @@ download is never kept under the final name."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +19,7 @@ from ..files import atomic_path
 
 ATTEMPTS_PER_MIRROR = 2
 TIMEOUT_S = 30.0
+RETRY_PAUSE_S = 0.5
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -28,6 +31,7 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _fetch(url: str, dest: Path, progress_label: str) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
@@ -35,7 +39,8 @@ def _fetch(url: str, dest: Path, progress_label: str) -> None:
         total = int(total) if total and total.isdigit() else None
         got = 0
         with open(dest, "wb") as out, Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True,
+            console=Console(stderr=True),  # stdout is kept for results (--json)
         ) as bar:
             task = bar.add_task(progress_label, total=total)
             while block := resp.read(1 << 16):
@@ -52,9 +57,26 @@ class _BadChecksum(Exception):
         self.actual = actual
 
 
+def _describe(exc: BaseException) -> str:
+    """What went wrong with one attempt, in words (for the error message that lists every mirror)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"connection closed after {len(exc.partial)} bytes{'' if exc.expected is None else f' ({exc.expected} more expected)'}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"no answer within {TIMEOUT_S:g} s"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return _describe(reason)
+    return str(reason or exc) or type(exc).__name__
+
+
 def download_verified(name: str, urls: list[str], dest: Path, sha256: str, log=print) -> None:
-    """Tries each URL (ATTEMPTS_PER_MIRROR times for network errors, once for a wrong checksum) and places the
-    first file whose sha256 matches at `dest`. Raises UsageProblem saying what happened at every mirror."""
+    """Tries each URL and places the first file whose sha256 matches at `dest`. Network errors and truncated
+    transfers and HTTP 5xx are tried ATTEMPTS_PER_MIRROR times per mirror; an HTTP 4xx (e.g. 404) or a wrong
+    checksum moves on to the next mirror at once, since asking again would get the same answer. Nothing but a verified
+    file ever carries the final name, and no temporary file is left behind. Raises UsageProblem saying what
+    happened at every mirror."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
@@ -70,11 +92,16 @@ def download_verified(name: str, urls: list[str], dest: Path, sha256: str, log=p
                 failures.append(f"{url}: sha256 {bad.actual[:12]}... does not match the expected {sha256[:12]}...")
                 log(f"advbp: {url} served a file with the wrong checksum; trying the next mirror")
                 break  # the same mirror would serve the same bytes again
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                failures.append(f"{url}: {reason}")
+            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
+                what = _describe(exc)
+                if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 or isinstance(exc, ValueError):
+                    failures.append(f"{url}: {what}")
+                    log(f"advbp: {url}: {what}; trying the next mirror")
+                    break  # 404, 403, a malformed URL: asking again gets the same answer
+                failures.append(f"{url} (attempt {attempt} of {ATTEMPTS_PER_MIRROR}): {what}")
                 if attempt < ATTEMPTS_PER_MIRROR:
-                    time.sleep(0.2 * attempt)
+                    log(f"advbp: {url}: {what}; retrying")
+                    time.sleep(RETRY_PAUSE_S * attempt)
     raise UsageProblem(
         f"could not download {name}: " + "; ".join(failures) + f". Place the file at {dest} by hand, "
         "or point --data-dir / $ADVBP_DATA_DIR at a folder that has it"
