@@ -10,6 +10,7 @@ import click
 from . import __version__
 from .commands.eval import eval_cmd
 from .commands.presets import presets_cmd
+from .commands.sweep import sweep_cmd
 from .commands.train import train_cmd
 from .errors import TrainingDiverged, UsageProblem
 
@@ -27,6 +28,7 @@ def cli():
 cli.add_command(train_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(presets_cmd)
+cli.add_command(sweep_cmd)
 
 
 def _one_line(text: str) -> str:

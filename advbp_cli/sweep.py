@@ -1,0 +1,542 @@
+"""Sweeps: every (preset, seed) of one or more presets or preset groups, each in its own run directory under a
+sweep directory, and the aggregate the paper reports (mean +- std over seeds of the mean test error of the last
+10 epochs) beside the paper's number.
+
+Layout of a sweep directory::
+
+    DIR/sweep.json                  the resolved request (presets, seeds, overrides) and its provenance
+    DIR/PRESET/seed-K/              an ordinary run directory (config.json, metrics.jsonl, checkpoint, summary.json)
+    DIR/summary.json|csv|md         the aggregate, written when every run is complete
+
+A run is complete iff its summary.json exists (see RunDir). `run_one` trains one (preset, seed) given only
+plain values, so another executor can call it for each run in parallel: `run_sweep` takes an executor, by
+default `serial_executor` (one run after another, in this process); advbp_cli.executors holds the Ray one. The aggregate is always computed from the run directories' summary.json
+files, never from values held in memory, so it equals what the runs recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import presets as preset_files
+from .config import RunConfig, build_config, deep_merge
+from .errors import TrainingDiverged, UsageProblem
+from .files import write_json_atomic, write_text_atomic
+from .rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
+
+SWEEP_FILE = "sweep.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+SUMMARY_FILES = (SUMMARY_JSON, SUMMARY_CSV, SUMMARY_MD)
+FORMAT = "advbp-sweep/1"
+DEFAULT_SEEDS = 5  # the paper averages 5 runs
+# Config fields that may differ between the sweep's request and a half-written run it resumes: where the
+# arithmetic runs, not what it computes.
+RUNTIME_ONLY = (("runtime", "backend"), ("runtime", "device"))
+
+
+# --------------------------------------------------------------------------------------------- the request
+def resolve_targets(targets: list[str]) -> list[str]:
+    """Group and preset names -> preset names, in the order given, without duplicates."""
+    if not targets:
+        raise UsageProblem(f"give at least one preset group or preset name (groups: {_group_list()}; see 'advbp presets')")
+    groups = preset_files.groups()
+    names = preset_files.preset_names()
+    out: list[str] = []
+    for t in targets:
+        if t in groups:
+            members = groups[t]["presets"]
+        elif t in names:
+            members = [t]
+        else:
+            raise UsageProblem(f"invalid value for GROUP_OR_PRESETS: unknown group or preset {t!r} "
+                               f"(groups: {_group_list()}; presets: see 'advbp presets')")
+        out.extend(m for m in members if m not in out)
+    return out
+
+
+def _group_list() -> str:
+    return ", ".join(preset_files.groups())
+
+
+def run_config(preset: str, seed: int, overrides: dict) -> RunConfig:
+    """The resolved config of one run: defaults <- preset <- the sweep's overrides <- this seed."""
+    values = {"preset": preset, **preset_files.config_values(preset_files.load_preset(preset))}
+    return build_config(values, deep_merge(overrides, {"runtime": {"seed": seed}}), source=f"sweep of {preset}")
+
+
+def run_relpath(preset: str, seed: int) -> str:
+    return f"{preset}/seed-{seed}"
+
+
+@dataclass
+class SweepRequest:
+    targets: list[str]  # as the user typed them (groups and/or presets)
+    presets: list[str]  # resolved
+    seeds: list[int]
+    overrides: dict  # config sections, e.g. {"train": {"epochs": 5}, "runtime": {"backend": "numpy"}}
+
+    def runs(self) -> list[tuple[str, int]]:
+        return [(p, s) for p in self.presets for s in self.seeds]
+
+    def to_json(self) -> dict:
+        return {"targets": self.targets, "presets": self.presets, "seeds": self.seeds, "overrides": self.overrides}
+
+
+def make_request(targets: list[str], n_seeds: int, overrides: dict) -> SweepRequest:
+    if n_seeds < 1:
+        raise UsageProblem(f"invalid value for --seeds: {n_seeds} (expected a positive number of seeds)")
+    req = SweepRequest(list(targets), resolve_targets(list(targets)), list(range(n_seeds)), overrides)
+    for p in req.presets:  # validate every config before anything is written
+        run_config(p, 0, overrides)
+    return req
+
+
+def _without_runtime_only(overrides: dict) -> dict:
+    out = json.loads(json.dumps(overrides))
+    for section, key in RUNTIME_ONLY:
+        out.get(section, {}).pop(key, None)
+    return {k: v for k, v in out.items() if v}
+
+
+def read_sweep(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / SWEEP_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageProblem(f"{sweep_dir} is not an advbp sweep directory (no {SWEEP_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise UsageProblem(f"{path} is not valid JSON ({exc})") from None
+    fmt = record.get("format") if isinstance(record, dict) else None
+    if fmt != FORMAT:
+        raise UsageProblem(f"{path} is not an advbp sweep record (format {fmt!r}, expected {FORMAT!r})")
+    return record
+
+
+def request_from_record(record: dict) -> SweepRequest:
+    try:
+        r = record["request"]
+        return SweepRequest(list(r["targets"]), list(r["presets"]), list(r["seeds"]), dict(r["overrides"]))
+    except (KeyError, TypeError):
+        raise UsageProblem(f"{SWEEP_FILE} has no complete 'request' (targets, presets, seeds, overrides)") from None
+
+
+def resume_request(recorded: SweepRequest, targets: list[str], n_seeds: int | None, overrides: dict) -> SweepRequest:
+    """The request a --resume continues: what is not given comes from sweep.json. Presets (GROUP_OR_PRESETS) and
+    --seeds may be given to extend or narrow the sweep; the settings that decide what a run computes (epochs,
+    limits, ...) must stay the recorded ones; --backend and --device may change (they say where it runs)."""
+    given = _without_runtime_only(overrides)
+    kept = _without_runtime_only(recorded.overrides)
+    changed = {f"{sec}.{k}" for sec, kv in given.items() for k, v in kv.items() if kept.get(sec, {}).get(k) != v}
+    if changed:
+        raise UsageProblem(
+            f"--resume must keep the sweep's settings ({_describe(kept)}); "
+            f"got {_describe(given)} (only --backend and --device may change; start a new sweep with another --out)"
+        )
+    runtime = {"runtime": overrides["runtime"]} if "runtime" in overrides else {}
+    presets = resolve_targets(targets) if targets else recorded.presets
+    seeds = list(range(n_seeds)) if n_seeds is not None else recorded.seeds
+    for p in presets:
+        run_config(p, 0, recorded.overrides)
+    return SweepRequest(targets or recorded.targets, presets, seeds, deep_merge(recorded.overrides, runtime))
+
+
+def _flag(key: str, value) -> str:
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
+def _describe(overrides: dict) -> str:
+    flat = [_flag(k, v) for sec in overrides.values() for k, v in sec.items()]
+    return " ".join(flat) if flat else "no overrides"
+
+
+# --------------------------------------------------------------------------------------------- one run
+@dataclass
+class RunOutcome:
+    preset: str
+    seed: int
+    run_dir: str  # relative to the sweep directory
+    status: str  # "done" (trained now), "skipped" (already complete), "diverged", "failed" (a parallel executor's
+    # run that raised UsageProblem or whose worker was lost past its retries; the serial executor raises instead)
+    summary: dict | None = None
+    resumed_from_epoch: int = 0
+    message: str = ""
+
+
+def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data_dir: str | Path,
+            reporter=None, download: bool = False) -> RunOutcome:
+    """Trains (preset, seed) in SWEEP_DIR/PRESET/seed-K; the unit of work an executor schedules.
+
+    Complete runs (summary.json present) are skipped. A half-written run with a checkpoint is resumed from its
+    last completed epoch (the trainer drops any metrics past the checkpoint), one without a checkpoint starts
+    again. Takes only plain values and locks its own run directory, so runs can be executed in any order and
+    in separate processes. TrainingDiverged is returned as status "diverged", not raised."""
+    from .trainer import Interrupted, train
+
+    cfg = run_config(preset, seed, overrides)
+    rel = run_relpath(preset, seed)
+    run = RunDir(Path(sweep_dir) / rel)
+    if run.is_complete():
+        return RunOutcome(preset, seed, rel, "skipped", run.read_summary())
+    run.lock()
+    try:
+        if run.is_complete():  # finished by another process while we waited for nothing (lock is non-blocking)
+            return RunOutcome(preset, seed, rel, "skipped", run.read_summary())
+        resume = run.is_run() and run.checkpoint_path.is_file()
+        if resume:
+            _check_same_config(run, cfg)
+        else:
+            for name in (METRICS, CHECKPOINT, SUMMARY):  # leftovers of a run killed before its first checkpoint
+                (run.path / name).unlink(missing_ok=True)
+        first_epoch = _checkpoint_epoch(run) if resume else 0
+        try:
+            summary = train(cfg, run, Path(data_dir), reporter=reporter, resume=resume, download=download)
+        except TrainingDiverged as exc:
+            return RunOutcome(preset, seed, rel, "diverged", None, first_epoch, str(exc))
+        except Interrupted:
+            raise Interrupted(f"interrupted in {run.path}; completed epochs are saved. "
+                              f"Resume the sweep with: advbp sweep --resume --out {sweep_dir}") from None
+        return RunOutcome(preset, seed, rel, "done", summary, first_epoch)
+    finally:
+        run.unlock()
+
+
+def _checkpoint_epoch(run: RunDir) -> int:
+    from .checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(run.checkpoint_path)
+    return int(meta.get("epoch", 0))
+
+
+def _check_same_config(run: RunDir, cfg: RunConfig) -> None:
+    have = run.read_config().get("config", {})
+    want = cfg.model_dump(mode="json")
+    for section, key in RUNTIME_ONLY:
+        have.get(section, {}).pop(key, None)
+        want.get(section, {}).pop(key, None)
+    if have != want:
+        raise UsageProblem(f"{run.path} holds a run with another config than this sweep asks for; "
+                           "move it away or use another --out")
+
+
+# --------------------------------------------------------------------------------------------- the aggregate
+def _sample_std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
+    """Per preset, from the complete run directories: mean +- sample std (ddof=1) over seeds of each run's
+    headline, the paper's value, the difference and the difference in units of the paper's std."""
+    sweep_dir = Path(sweep_dir)
+    rows, runs, statistic = [], [], None
+    for preset in request.presets:
+        values, seeds_done = [], []
+        for seed in request.seeds:
+            rel = run_relpath(preset, seed)
+            run = RunDir(sweep_dir / rel)
+            if not run.is_complete():
+                runs.append({"preset": preset, "seed": seed, "run_dir": rel, "complete": False})
+                continue
+            s = run.read_summary()
+            h = s["headline"]
+            statistic = statistic or h["statistic"]
+            values.append(h["value"])
+            seeds_done.append(seed)
+            runs.append({"preset": preset, "seed": seed, "run_dir": rel, "complete": True, "value": h["value"],
+                         "statistic": h["statistic"], "epochs_completed": s.get("epochs_completed")})
+        cfg = run_config(preset, 0, request.overrides)
+        paper = preset_files.load_preset(preset).get("paper") or {}
+        mean = statistics.fmean(values) if values else None
+        std = _sample_std(values)
+        p_err, p_std = paper.get("error"), paper.get("std")
+        diff = None if mean is None or p_err is None else mean - p_err
+        rows.append({
+            "preset": preset,
+            "method": cfg.train.method,
+            "activation": cfg.model.activation,
+            "hidden": cfg.model.hidden,
+            "n_seeds": len(values),
+            "seeds": seeds_done,
+            "values": values,
+            "mean": mean,
+            "std": std,
+            "paper_error": p_err,
+            "paper_std": p_std,
+            "paper_source": paper.get("source"),
+            "diff": diff,
+            "diff_in_paper_std": None if diff is None or not p_std else diff / p_std,
+        })
+    n_done = sum(r["complete"] for r in runs)
+    return {
+        "format": FORMAT,
+        "statistic": statistic,
+        "aggregate": "mean and sample standard deviation (ddof=1) over seeds of each run's statistic",
+        "request": request.to_json(),
+        "complete": n_done == len(runs),
+        "runs_complete": n_done,
+        "runs_total": len(runs),
+        "presets": rows,
+        "comparisons": compare_methods(rows, request.overrides),
+        "runs": runs,
+    }
+
+
+def _layers(hidden: list[int]) -> str:
+    """[800, 800] -> "2x800" (the paper's naming); unequal sizes -> "400-200"."""
+    return f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "-".join(map(str, hidden))
+
+
+def compare_methods(rows: list[dict], overrides: dict) -> list[dict]:
+    """Adversarial vs back-propagation pairs: presets whose configs differ only in the training method."""
+
+    def key(preset: str):
+        d = run_config(preset, 0, overrides).model_dump(mode="json")
+        d.pop("preset")
+        for k in ("method", "eps", "adv_weight", "clip"):
+            d["train"].pop(k)
+        return json.dumps(d, sort_keys=True)
+
+    by_key: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_key.setdefault(key(r["preset"]), {}).setdefault(r["method"], r)
+    out = []
+    for pair in by_key.values():
+        adv, bp = pair.get("adversarial"), pair.get("backprop")
+        if adv is None or bp is None:
+            continue
+        both = adv["mean"] is not None and bp["mean"] is not None
+        out.append({
+            "architecture": f"{_layers(adv['hidden'])} {adv['activation']}",
+            "adversarial": adv["preset"],
+            "backprop": bp["preset"],
+            "adversarial_mean": adv["mean"],
+            "backprop_mean": bp["mean"],
+            "difference": adv["mean"] - bp["mean"] if both else None,
+            "adversarial_lower": (adv["mean"] < bp["mean"]) if both else None,
+        })
+    return out
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def _f(v, digits=3, signed=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _mean_std(r: dict) -> str:
+    if r["mean"] is None:
+        return "-"
+    return _f(r["mean"]) + (f" ± {_f(r['std'])}" if r["std"] is not None else "")
+
+
+def _paper(r: dict) -> str:
+    if r["paper_error"] is None:
+        return "-"
+    return f"{r['paper_error']:.2f}" + (f" ± {r['paper_std']:.2f}" if r["paper_std"] is not None else "")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    return [[r["preset"], f"{r['n_seeds']}/{len(summary['request']['seeds'])}", _mean_std(r), _paper(r),
+             _f(r["diff"], signed=True), _f(r["diff_in_paper_std"], 1, signed=True)] for r in summary["presets"]]
+
+
+TABLE_HEADER = ["preset", "seeds", "error % (mean ± std)", "paper %", "diff (pp)", "diff / paper std"]
+PAIR_HEADER = ["architecture", "backprop %", "adversarial %", "adv - backprop (pp)", "adversarial lower"]
+
+
+def pair_rows(summary: dict) -> list[list[str]]:
+    yes = {True: "yes", False: "NO", None: "-"}
+    return [[c["architecture"], _f(c["backprop_mean"]), _f(c["adversarial_mean"]), _f(c["difference"], signed=True),
+             yes[c["adversarial_lower"]]] for c in summary["comparisons"]]
+
+
+def header_lines(summary: dict) -> list[str]:
+    req = summary["request"]
+    seeds = req["seeds"]
+    seed_txt = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+    return [
+        f"request: {' '.join(req['targets'])}; {len(seeds)} seed(s) ({seed_txt}); settings: {_describe(req['overrides'])}",
+        f"per run: {summary['statistic'] or 'no run complete yet'}; per preset: {summary['aggregate']}",
+        f"runs complete: {summary['runs_complete']} of {summary['runs_total']}"
+        + ("" if summary["complete"] else " (INCOMPLETE: the rows cover the complete runs only)"),
+    ]
+
+
+def to_markdown(summary: dict, title: str) -> str:
+    def table(header, rows):
+        lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+    out = [f"# advbp sweep: {title}", ""] + [f"- {ln}" for ln in header_lines(summary)] + ["", *table(TABLE_HEADER, table_rows(summary))]
+    if summary["comparisons"]:
+        out += ["", "## Adversarial vs back-propagation (same settings otherwise)", "", *table(PAIR_HEADER, pair_rows(summary))]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(summary: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = ["preset", "method", "activation", "hidden", "n_seeds", "seeds", "mean", "std", "paper_error", "paper_std",
+            "diff", "diff_in_paper_std"]
+    w.writerow(cols)
+    for r in summary["presets"]:
+        vals = []
+        for c in cols:
+            v = r[c]
+            if c in ("hidden", "seeds"):
+                v = " ".join(map(str, v))
+            elif isinstance(v, float):
+                v = repr(v)
+            vals.append("" if v is None else v)
+        w.writerow(vals)
+    return buf.getvalue()
+
+
+def write_summary(sweep_dir: Path, summary: dict) -> None:
+    """summary.json, summary.csv and summary.md, each written atomically."""
+    title = " ".join(summary["request"]["targets"])
+    write_json_atomic(sweep_dir / SUMMARY_JSON, summary)
+    write_text_atomic(sweep_dir / SUMMARY_CSV, to_csv(summary))
+    write_text_atomic(sweep_dir / SUMMARY_MD, to_markdown(summary, title))
+
+
+def print_summary(summary: dict, console) -> None:
+    from rich.table import Table
+
+    for ln in header_lines(summary):
+        console.print(ln, highlight=False, markup=False, soft_wrap=True)
+    t = Table(title="per preset")
+    for h in TABLE_HEADER:
+        t.add_column(h, no_wrap=h == "preset")
+    for r in table_rows(summary):
+        t.add_row(*r)
+    console.print(t)
+    if summary["comparisons"]:
+        t = Table(title="adversarial vs back-propagation")
+        for h in PAIR_HEADER:
+            t.add_column(h)
+        for r in pair_rows(summary):
+            t.add_row(*r)
+        console.print(t)
+
+
+def load_report(sweep_dir: str | Path) -> dict:
+    """The sweep's summary.json; for a sweep that has not finished, the aggregate of its complete runs so far."""
+    sweep_dir = Path(sweep_dir)
+    record = read_sweep(sweep_dir)
+    path = sweep_dir / SUMMARY_JSON
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UsageProblem(f"{path} is not valid JSON ({exc})") from None
+    return aggregate(sweep_dir, request_from_record(record))
+
+
+# --------------------------------------------------------------------------------------------- the serial executor
+@dataclass
+class SweepEvents:
+    """Callbacks for a display; the defaults do nothing."""
+
+    run_start: Callable[[str, int, int], None] = lambda preset, seed, first_epoch: None
+    run_end: Callable[[RunOutcome], None] = lambda outcome: None
+    reporter_for: Callable[[str, int], object] = lambda preset, seed: None
+    # Executors whose runs train in other processes report progress by polling the run directories instead:
+    # (preset, seed, epochs completed or None while queued, epochs in total, eval error % of the last epoch or None)
+    progress: Callable[[str, int, int | None, int, float | None], None] = lambda preset, seed, done, total, last: None
+    extra: dict = field(default_factory=dict)
+
+
+def default_sweep_dir(targets: list[str]) -> Path:
+    name = "+".join(targets)
+    if len(name) > 80:
+        name = f"{targets[0]}+{len(targets) - 1}-more"
+    return Path("runs") / f"sweep-{name}"
+
+
+def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | None, resume: bool) -> tuple[Path, SweepRequest]:
+    """The sweep directory and the request to run, checked against what the directory holds; writes nothing."""
+    if not targets and not (resume and out):
+        resolve_targets([])  # raises the usage message naming the groups
+    sweep_dir = Path(out) if out else default_sweep_dir(targets)
+    exists = (sweep_dir / SWEEP_FILE).is_file()
+    if resume and exists:
+        return sweep_dir, resume_request(request_from_record(read_sweep(sweep_dir)), targets, n_seeds, overrides)
+    if resume and not targets:
+        raise UsageProblem(f"--resume: {sweep_dir} holds no sweep ({SWEEP_FILE} missing); give GROUP_OR_PRESETS to start one")
+    if not resume and exists:
+        raise UsageProblem(f"--out {sweep_dir} already holds a sweep; add --resume to continue it, or use another --out")
+    if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise UsageProblem(f"--out {sweep_dir} exists and is not empty; use another --out")
+    # --resume of a directory without a sweep simply starts it (so one command line serves both cases)
+    return sweep_dir, make_request(targets, DEFAULT_SEEDS if n_seeds is None else n_seeds, overrides)
+
+
+def record_request(sweep_dir: Path, request: SweepRequest) -> None:
+    from .provenance import provenance
+
+    path = sweep_dir / SWEEP_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    record = {
+        "format": FORMAT,
+        "request": request.to_json(),
+        "layout": "PRESET/seed-K, one run directory per (preset, seed); a run is complete iff its summary.json exists",
+        "runs": [run_relpath(p, s) for p, s in request.runs()],
+        "provenance": provenance(("torch",)),
+        "history": (previous.get("history", []) if previous else [])
+        + ([{"request": previous["request"], "provenance": previous["provenance"]}] if previous else []),
+    }
+    write_json_atomic(path, record)
+
+
+Executor = Callable[[Path, SweepRequest, Path, SweepEvents], list[RunOutcome]]
+
+
+def serial_executor(sweep_dir: Path, request: SweepRequest, data_dir: Path, ev: SweepEvents) -> list[RunOutcome]:
+    """Every (preset, seed) of the request, one after another in this process, in the request's order.
+
+    Seeds of a preset run one after another here; training them together in one batched backend call is the
+    performance issue's job (the backend API already holds S networks)."""
+    outcomes = []
+    for preset, seed in request.runs():
+        ev.run_start(preset, seed, 0)
+        outcome = run_one(sweep_dir, preset, seed, request.overrides, data_dir, reporter=ev.reporter_for(preset, seed))
+        outcomes.append(outcome)
+        ev.run_end(outcome)
+    return outcomes
+
+
+def run_sweep(sweep_dir: Path, request: SweepRequest, data_dir: Path, events: SweepEvents | None = None,
+              executor: Executor | None = None) -> dict:
+    """Runs every (preset, seed) not yet complete with `executor` (default: `serial_executor`), then writes and
+    returns the aggregate. The executor returns one RunOutcome per run; runs that ended neither "done" nor
+    "skipped" are listed in the summary's "failures" (with their status), the others are summarised."""
+    ev = events or SweepEvents()
+    execute = executor or serial_executor
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunDir(sweep_dir)  # the same flock as a run directory: one driver per sweep directory
+    lock.lock()
+    try:
+        for name in SUMMARY_FILES:  # a summary is only ever the aggregate of the request being run
+            (sweep_dir / name).unlink(missing_ok=True)
+        record_request(sweep_dir, request)
+        outcomes = execute(sweep_dir, request, data_dir, ev)
+        failures = [o for o in outcomes if o.status not in ("done", "skipped")]
+        summary = aggregate(sweep_dir, request)
+        summary["failures"] = [{"run_dir": f.run_dir, "status": f.status, "message": f.message} for f in failures]
+        write_summary(sweep_dir, summary)
+        return summary
+    finally:
+        lock.unlock()
