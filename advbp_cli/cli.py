@@ -8,6 +8,7 @@ import sys
 import click
 
 from . import __version__
+from .commands.attack import attack_cmd
 from .commands.eval import eval_cmd
 from .commands.presets import presets_cmd
 from .commands.sweep import sweep_cmd
@@ -28,6 +29,7 @@ def cli():
 cli.add_command(train_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(presets_cmd)
+cli.add_command(attack_cmd)
 cli.add_command(sweep_cmd)
 
 

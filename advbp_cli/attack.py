@@ -1,0 +1,181 @@
+"""FGSM attack sets (Goodfellow et al. 2014; Nøkland 2015 section 3) and the errors of models on them.
+
+z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (these networks have no dropout
+or other layer whose behaviour depends on the mode, so evaluation and training mode are the same computation;
+the manifest records it). The input gradient of a whole batch is computed at once: `Backend.input_gradient`
+returns the gradient of the batch-mean objective, whose row i is (1/n) dJ_i/dx_i, because sample i's loss
+depends on no other row. Its sign is therefore the per-sample sign, and the gradient is computed once and
+reused for every eps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageProblem
+from .evaluate import evaluate_arrays
+
+MAX_EPS_VALUES = 1000
+LOSSES = ("model", "sigmoid_bce", "softmax_ce")
+
+
+# ------------------------------------------------------------------------------------------------ eps parsing
+def _float(text: str, option: str, whole: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageProblem(f"invalid value for {option}: {whole!r} ({text.strip()!r} is not a number)") from None
+    if not math.isfinite(v):
+        raise UsageProblem(f"invalid value for {option}: {whole!r} (must be finite)")
+    return v
+
+
+def _clean(v: float) -> float:
+    """0.15000000000000002 -> 0.15: range steps are rounded to 12 decimals so names and manifests read well."""
+    return float(round(v, 12)) + 0.0
+
+
+def parse_eps(values, option: str = "--eps") -> list[float]:
+    """Values of a repeatable --eps: each is a number, a comma list (0.1,0.25) or an inclusive range
+    START:STOP:STEP (0.05:0.5:0.05 is 0.05, 0.1, ..., 0.5). Duplicates are dropped; the order is kept."""
+    out: list[float] = []
+    for whole in values:
+        for token in str(whole).split(","):
+            token = token.strip()
+            if not token:
+                continue
+            if ":" in token:
+                parts = token.split(":")
+                if len(parts) != 3:
+                    raise UsageProblem(f"invalid value for {option}: {whole!r} (a range is START:STOP:STEP, e.g. 0.05:0.5:0.05)")
+                start, stop, step = (_float(p, option, whole) for p in parts)
+                if step <= 0:
+                    raise UsageProblem(f"invalid value for {option}: {whole!r} (the STEP of a range must be positive)")
+                if stop < start:
+                    raise UsageProblem(f"invalid value for {option}: {whole!r} (STOP is smaller than START)")
+                count = int(math.floor((stop - start) / step + 1e-9)) + 1
+                if count > MAX_EPS_VALUES:
+                    raise UsageProblem(f"invalid value for {option}: {whole!r} gives {count} values (at most {MAX_EPS_VALUES})")
+                out.extend(_clean(start + k * step) for k in range(count))
+            else:
+                out.append(_clean(_float(token, option, whole)))
+    if not out:
+        raise UsageProblem(f"{option} needs at least one value (e.g. {option} 0.25, {option} 0.1,0.25 or {option} 0.05:0.5:0.05)")
+    bad = [v for v in out if v < 0]
+    if bad:
+        raise UsageProblem(f"invalid value for {option}: {bad[0]} (eps must be >= 0)")
+    if len(set(out)) > MAX_EPS_VALUES:
+        raise UsageProblem(f"{option}: {len(set(out))} values (at most {MAX_EPS_VALUES})")
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------------------ data identity
+def split_checksum(raw: dict, split) -> str:
+    """sha256 of the split's original uint8 pixels, then its uint8 labels, in order: independent of dtype."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(raw[f"x_{split.source}"][split.indices], dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(raw[f"y_{split.source}"][split.indices], dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def training_indices(cfg) -> tuple[str, int]:
+    """(file, n): a run was trained on the first n images of the `file` ("train") data."""
+    n = 60_000 - (10_000 if cfg.data.eval_split == "validation" else 0)
+    if cfg.data.train_limit is not None:
+        n = min(n, cfg.data.train_limit)
+    return "train", n
+
+
+def overlap_with_training(cfg, manifest: dict, indices: np.ndarray) -> int:
+    """How many of a set's samples the model was trained on (clean), e.g. a validation-split set against a run
+    trained on all 60k training images: its transfer error is then not a held-out number."""
+    source = (manifest.get("dataset") or {}).get("source_file")
+    file, n = training_indices(cfg)
+    if source != file:
+        return 0
+    return int((indices < n).sum())
+
+
+# ------------------------------------------------------------------------------------------------ the gradient
+def gradient_network(net, cfg, loss: str):
+    """The network whose input gradient defines the attack. `model` is the network's own training objective
+    (the paper's J); another loss gives a copy of the same weights with that output objective (the argmax,
+    hence every error, is unchanged)."""
+    if loss not in LOSSES:
+        raise UsageProblem(f"invalid value for --loss: {loss!r} (expected one of {', '.join(LOSSES)})")
+    if loss in ("model", cfg.model.output):
+        return net, cfg.model.output
+    from .networks import build_backend
+
+    other = cfg.model_copy(deep=True)
+    other.model.output = loss
+    g = build_backend(other, net.name, net.device, net.dtype)
+    g.set_params(net.get_params())
+    return g, loss
+
+
+@dataclass
+class Gradients:
+    signs: np.ndarray  # int8 sign(dJ/dx), shape of x
+    zero_samples: int  # samples whose whole input gradient is exactly zero (FGSM leaves them unchanged)
+    zero_fraction: float  # fraction of exactly-zero gradient components
+    batch_size: int
+
+
+def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int) -> Gradients:
+    """sign(dJ/dx) for every sample, one batch-mean input gradient per batch (no weight gradients)."""
+    if batch_size < 1:
+        raise UsageProblem("--batch-size must be at least 1")
+    signs = np.empty(x.shape, dtype=np.int8)
+    for start in range(0, len(x), batch_size):
+        stop = min(start + batch_size, len(x))
+        e = net.input_gradient(net.asarray(x[start:stop]), net.asarray(y[start:stop], labels=True))
+        np.sign(e, out=signs[start:stop], casting="unsafe")  # -1, 0, 1 straight into int8
+    zero_rows = ~signs.any(axis=1)
+    zero_frac = float((signs == 0).mean()) if signs.size else 0.0
+    return Gradients(signs, int(zero_rows.sum()), zero_frac, batch_size)
+
+
+def perturb(x: np.ndarray, signs: np.ndarray, eps: float, clip: tuple[float, float] | None) -> np.ndarray:
+    """z = x + eps * sign(e), clipped to `clip` when given: bit for bit what the reference
+    `backends/numpy/step.fgsm_perturb` computes (Algorithm 1 step 3), in place in one new array."""
+    z = signs.astype(x.dtype)  # the signs are already -1, 0 or 1
+    z *= eps  # eps * sign in x's dtype, as in the reference
+    z += x
+    if clip is not None:
+        np.clip(z, clip[0], clip[1], out=z)
+    return z
+
+
+def zero_gradient_warning(zero: int, n: int, what: str) -> str:
+    return (f"warning: {zero} of {n} samples have an exactly zero input gradient under {what}; "
+            "FGSM leaves them unchanged at every eps")
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def error_of(net, x: np.ndarray, y: np.ndarray) -> float:
+    """Percent misclassified: the same logits and argmax as `evaluate_arrays`, so the same number, at one forward
+    pass (evaluate_arrays also computes the loss, a second forward)."""
+    from .evaluate import CHUNK
+
+    wrong = 0
+    for start in range(0, len(x), CHUNK):
+        pred = net.logits(net.asarray(x[start:start + CHUNK])).argmax(axis=1)
+        wrong += int((pred != y[start:start + CHUNK]).sum())
+    return wrong * 100 / len(y) if len(y) else float("nan")
+
+
+def whitebox_errors(net, cfg, x, y, eps_list, clip, batch_size: int, loss: str = "model"):
+    """Error of a network on FGSM sets computed from its own gradient (white-box), one row per eps, plus the
+    Gradients (for the zero-gradient count)."""
+    gnet, loss_name = gradient_network(net, cfg, loss)
+    grads = fgsm_signs(gnet, x, y, batch_size)
+    rows = []
+    for eps in eps_list:
+        ev = evaluate_arrays(net, perturb(x, grads.signs, eps, clip), y)
+        rows.append({"eps": eps, "error": ev.error, "loss": ev.loss, "n": ev.n, "gradient_loss": loss_name})
+    return rows, grads

@@ -1,0 +1,305 @@
+"""Attack-set files: the perturbed inputs, the true labels, the indices of the source samples and a manifest.
+
+Two formats, both without pickle:
+- npz: one `np.savez` archive per set holding plain numeric arrays `x` (float, exactly as computed), `y` (int64),
+  `indices` (int64) and `manifest` (the manifest's JSON as uint8 bytes, so the file is self-contained). Load it
+  with `np.load(path, allow_pickle=False)`.
+- idx: the classic MNIST files, readable by any MNIST reader: `<name>-images-idx3-ubyte` (uint8, n x 28 x 28,
+  pixels round(255 z)), `<name>-labels-idx1-ubyte` (uint8) and `<name>-indices-idx1-int` (big-endian int32),
+  described by `<name>.json`. The manifest says the pixels were quantised, and its errors are the errors on the
+  quantised images (what a reader gets back), not on the float ones.
+
+Every set also gets a `<name>.json` manifest beside it, and the output folder a `manifest.json` listing its sets
+with their sha256. All files are written atomically (advbp_cli.files).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageProblem
+from .files import atomic_path, write_json_atomic
+
+FORMAT = "advbp-attack-set/1"
+DIR_FORMAT = "advbp-attack-dir/1"
+DIR_MANIFEST = "manifest.json"
+IMAGE_SHAPES = {784: (28, 28)}  # how a flat input is shown as an image in IDX files
+
+_IDX_UINT8 = 0x08
+_IDX_INT32 = 0x0C
+
+
+@dataclass
+class AttackSet:
+    x: np.ndarray  # (n, input_size) float
+    y: np.ndarray  # (n,) int64 true labels
+    indices: np.ndarray  # (n,) int64 positions in the original data file named by manifest["dataset"]["source_file"]
+    manifest: dict
+    path: Path
+
+
+def eps_tag(eps: float) -> str:
+    """0.25 -> '0.25', 0.05 -> '0.05', 1e-05 -> '1e-05': the shortest text that reads back as the same float."""
+    return repr(float(eps))
+
+
+def set_name(eps: float) -> str:
+    return f"fgsm-eps{eps_tag(eps)}"
+
+
+def files_for(out_dir: Path, name: str, fmt: str) -> dict[str, Path]:
+    """Every file one set writes (the manifest last)."""
+    if fmt == "npz":
+        files = {"data": out_dir / f"{name}.npz"}
+    elif fmt == "idx":
+        files = {
+            "images": out_dir / f"{name}-images-idx3-ubyte",
+            "labels": out_dir / f"{name}-labels-idx1-ubyte",
+            "indices": out_dir / f"{name}-indices-idx1-int",
+        }
+    else:
+        raise ValueError(fmt)
+    files["manifest"] = out_dir / f"{name}.json"
+    return files
+
+
+# --------------------------------------------------------------------------------------------------- quantisation
+def quantise(x: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] to uint8: round(255 x), half to even (numpy's rounding). Values outside [0, 1] are a bug
+    of the caller (idx sets are always clipped)."""
+    return np.rint(np.asarray(x, dtype=np.float64) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def dequantise(q: np.ndarray, dtype) -> np.ndarray:
+    """uint8 back to [0, 1] exactly as the data loader scales MNIST (advbp_cli.data.splits._scaled)."""
+    return q.astype(dtype) / np.asarray(255, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------- IDX
+def _idx_bytes(arr: np.ndarray, code: int) -> bytes:
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    data = arr.astype(">i4" if code == _IDX_INT32 else np.uint8).tobytes()
+    return header + data
+
+
+def _read_idx_any(path: Path) -> np.ndarray:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in (_IDX_UINT8, _IDX_INT32):
+        raise UsageProblem(f"{path} is not an IDX file of uint8 or int32 values")
+    code, ndim = raw[2], raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    dtype = np.dtype(np.uint8) if code == _IDX_UINT8 else np.dtype(">i4")
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise UsageProblem(f"{path} declares {expected} bytes of data but holds {len(raw) - offset}: truncated or corrupt")
+    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+
+
+def _write_bytes(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+# ---------------------------------------------------------------------------------------------------------- write
+def write_set(out_dir: Path, name: str, fmt: str, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+              manifest: dict, compress: bool = True) -> dict[str, Path]:
+    """Writes one set (data files first, then `<name>.json`); returns the files written. For idx, `x` must
+    already be the uint8 images (see `quantise`)."""
+    files = files_for(out_dir, name, fmt)
+    manifest = dict(manifest, format=FORMAT, name=name, file_format=fmt,
+                    files={k: p.name for k, p in files.items() if k != "manifest"})
+    if fmt == "npz":
+        arrays = {
+            "x": np.ascontiguousarray(x),
+            "y": np.ascontiguousarray(y, dtype=np.int64),
+            "indices": np.ascontiguousarray(indices, dtype=np.int64),
+            "manifest": np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8),
+        }
+        assert all(a.dtype != object for a in arrays.values())
+        with atomic_path(files["data"]) as tmp:
+            with open(tmp, "wb") as fh:  # a file object, so numpy does not append ".npz" to the temporary name
+                (np.savez_compressed if compress else np.savez)(fh, **arrays)
+    else:
+        assert x.dtype == np.uint8
+        shape = manifest["image_shape"]
+        _write_bytes(files["images"], _idx_bytes(x.reshape(len(x), *shape), _IDX_UINT8))
+        _write_bytes(files["labels"], _idx_bytes(np.asarray(y, dtype=np.uint8), _IDX_UINT8))
+        _write_bytes(files["indices"], _idx_bytes(np.asarray(indices, dtype=np.int32), _IDX_INT32))
+    from .data.download import sha256_of
+
+    manifest["sha256"] = {k: sha256_of(p) for k, p in files.items() if k != "manifest"}
+    write_json_atomic(files["manifest"], manifest)
+    return files
+
+
+def write_dir_manifest(out_dir: Path, common: dict, sets: list[dict]) -> Path:
+    path = out_dir / DIR_MANIFEST
+    write_json_atomic(path, {**common, "format": DIR_FORMAT, "sets": sets})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------- read
+def _check_manifest(manifest, path: Path) -> dict:
+    """The fields eval relies on, with their types: a hand-edited or hostile manifest is refused in one line."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UsageProblem(f"{path} is not an advbp attack set (manifest format {got!r}, expected {FORMAT!r})")
+
+    def bad(field: str, want: str):
+        raise UsageProblem(f"{path}: manifest field {field!r} is missing or not {want}")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if not number(manifest.get("eps")) or manifest["eps"] < 0:
+        bad("eps", "a number >= 0")
+    clip = manifest.get("clip")
+    if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(number(c) for c in clip)):
+        bad("clip", "null or [lo, hi]")
+    ds = manifest.get("dataset")
+    if not isinstance(ds, dict) or not all(isinstance(ds.get(k), str) for k in ("name", "split", "source_file")):
+        bad("dataset", "an object with name, split and source_file")
+    if manifest.get("file_format") not in ("npz", "idx"):
+        bad("file_format", "npz or idx")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) and v and "/" not in v and v not in (".", "..")
+                                              for v in files.values()):
+        bad("files", "an object of file names in the set's folder")
+    if manifest.get("source_error") is not None and not number(manifest["source_error"]):
+        bad("source_error", "a number")
+    if manifest.get("source") is not None and not isinstance(manifest["source"], dict):
+        bad("source", "an object")
+    if manifest.get("input_shape") is not None and not (
+            isinstance(manifest["input_shape"], list) and all(isinstance(d, int) for d in manifest["input_shape"])):
+        bad("input_shape", "a list of integers")
+    return manifest
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"{path} is not valid JSON ({exc})") from None
+
+
+def _load_npz(path: Path) -> AttackSet:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"x", "y", "indices", "manifest"} - set(npz.files)
+            if missing:
+                raise UsageProblem(f"{path} is not an advbp attack set: arrays {sorted(missing)} are missing")
+            x, y, indices, raw_manifest = npz["x"], npz["y"], npz["indices"], npz["manifest"]
+    except UsageProblem:
+        raise
+    except ValueError as exc:  # object arrays (pickle) are refused by allow_pickle=False
+        raise UsageProblem(f"{path} cannot be read without pickle ({exc}); advbp never loads pickled data") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise UsageProblem(f"{path} is not a readable npz file ({type(exc).__name__}: {exc})") from None
+    try:
+        manifest = json.loads(raw_manifest.astype(np.uint8).tobytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UsageProblem(f"{path}: its embedded manifest is not valid JSON") from None
+    for name, arr in (("y", y), ("indices", indices)):
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise UsageProblem(f"{path}: array {name!r} must be one-dimensional integers (got {arr.dtype}, shape {arr.shape})")
+    return AttackSet(x, y.astype(np.int64), indices.astype(np.int64), _check_manifest(manifest, path), path)
+
+
+def _load_idx(manifest_path: Path, manifest: dict, dtype) -> AttackSet:
+    folder = manifest_path.parent
+    try:
+        files = {k: folder / manifest["files"][k] for k in ("images", "labels", "indices")}
+    except KeyError:
+        raise UsageProblem(f"{manifest_path} does not name the images, labels and indices files of its set") from None
+    images = _read_idx_any(files["images"])
+    labels = _read_idx_any(files["labels"])
+    indices = _read_idx_any(files["indices"])
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise UsageProblem(f"{files['images']} and {files['labels']} must hold uint8 values")
+    x = dequantise(images.reshape(len(images), -1), dtype)
+    return AttackSet(x, labels.astype(np.int64), indices.astype(np.int64), manifest, manifest_path)
+
+
+def load_set(path: str | Path, dtype="float32") -> AttackSet:
+    """An attack set from its .npz file, its .json manifest, or (idx) its images file. `dtype` is the float type
+    quantised idx pixels are scaled into; npz sets keep the dtype they were written with."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageProblem(f"attack set {path} does not exist")
+    if path.is_dir():
+        raise UsageProblem(f"attack set {path} is a folder; name one of its sets (`advbp eval --attack-set FOLDER` takes all of them)")
+    if path.suffix == ".npz":
+        aset = _load_npz(path)
+    else:
+        if path.suffix != ".json":
+            candidate = path.parent / (path.name.split("-images-idx3-ubyte")[0] + ".json")
+            if path.name.endswith("-images-idx3-ubyte") and candidate.is_file():
+                path = candidate
+            else:
+                raise UsageProblem(f"{path}: expected an attack set's .npz file or its .json manifest")
+        manifest = _check_manifest(_read_json(path), path)
+        if manifest["file_format"] == "npz":
+            if "data" not in manifest["files"]:
+                raise UsageProblem(f"{path} does not name its npz file (manifest files.data)")
+            aset = _load_npz(path.parent / manifest["files"]["data"])
+            aset.manifest = manifest  # the sidecar also holds the file's sha256
+        else:
+            aset = _load_idx(path, manifest, dtype)
+    n = len(aset.x)
+    if aset.x.ndim != 2 or len(aset.y) != n or len(aset.indices) != n:
+        raise UsageProblem(
+            f"{path}: inconsistent arrays (x {tuple(aset.x.shape)}, y {tuple(aset.y.shape)}, indices {tuple(aset.indices.shape)})"
+        )
+    if aset.x.dtype.kind != "f":
+        raise UsageProblem(f"{path}: inputs have dtype {aset.x.dtype}, expected float")
+    return aset
+
+
+def sets_in_dir(folder: str | Path) -> list[Path]:
+    """The set files of an attack folder, in the order of its manifest.json (ascending eps)."""
+    folder = Path(folder)
+    mpath = folder / DIR_MANIFEST
+    if not mpath.is_file():
+        raise UsageProblem(f"{folder} holds no {DIR_MANIFEST}: not a folder written by 'advbp attack'")
+    manifest = _read_json(mpath)
+    if not isinstance(manifest, dict) or manifest.get("format") != DIR_FORMAT:
+        raise UsageProblem(f"{mpath} is not an advbp attack folder manifest (expected format {DIR_FORMAT!r})")
+    sets = manifest.get("sets")
+    if not isinstance(sets, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("manifest"), str) and "/" not in s["manifest"]
+            and isinstance(s.get("eps"), (int, float)) for s in sets):
+        raise UsageProblem(f"{mpath}: 'sets' is not a list of {{eps, manifest}} entries")
+    return [folder / s["manifest"] for s in sorted(sets, key=lambda s: s["eps"])]
+
+
+def check_compatible(aset: AttackSet, cfg, model_label: str) -> None:
+    """Refuses a set the model cannot be evaluated on: other data set, other input shape, labels out of range."""
+    ds = aset.manifest.get("dataset", {})
+    name = ds.get("name") if isinstance(ds, dict) else None
+    if name != cfg.data.dataset:
+        raise UsageProblem(
+            f"attack set {aset.path} was made from data set {name!r}, but {model_label} is a {cfg.data.dataset!r} model"
+        )
+    if aset.x.shape[1] != cfg.model.input_size:
+        raise UsageProblem(
+            f"attack set {aset.path} has inputs of size {aset.x.shape[1]}, but {model_label} takes inputs of size "
+            f"{cfg.model.input_size}"
+        )
+    declared = aset.manifest.get("input_shape")
+    if declared is not None and list(declared) != [aset.x.shape[1]]:
+        raise UsageProblem(f"attack set {aset.path}: manifest input_shape {declared} does not match its data {aset.x.shape[1]}")
+    if len(aset.y) and (aset.y.min() < 0 or aset.y.max() >= cfg.model.num_classes):
+        raise UsageProblem(
+            f"attack set {aset.path} has labels outside 0..{cfg.model.num_classes - 1}, the classes of {model_label}"
+        )

@@ -1,0 +1,369 @@
+"""`advbp attack` and attack evaluation (issue 3): FGSM parity across backends and with torch autograd, set
+files without pickle, round trips through `advbp eval`, refusals, eps parsing and the zero-gradient warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advbp_cli.attack import fgsm_signs, gradient_network, parse_eps, perturb
+from advbp_cli.backends import load_backend
+from advbp_cli.config import RunConfig
+from advbp_cli.errors import UsageProblem
+from conftest import fresh, small_model
+
+LIMIT = 300  # images per attack set in the CLI tests
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _params(model, seed=1):
+    """Weights large enough that the network's outputs and gradients are far from trivial."""
+    rng = np.random.default_rng(seed)
+    return {k: v * 20 + (rng.normal(0, 0.05, v.shape) if v.ndim == 2 else 0) for k, v in fresh(model, seed).items()}
+
+
+def _checkpoint(path: Path, params: dict, eval_split="validation", **model_kw) -> Path:
+    from advbp_cli.checkpoint import save_checkpoint
+
+    cfg = RunConfig.model_validate({"model": model_kw, "data": {"eval_split": eval_split},
+                                    "runtime": {"backend": "numpy"}})
+    save_checkpoint(path, params, cfg.model_dump(mode="json"), epoch=1)
+    return path
+
+
+def _autograd_z(params, x, y, eps, clip, output):
+    import torch
+
+    n_layers = len(params) // 2
+    tp = [(torch.tensor(params[f"layers.{i}.weight"]), torch.tensor(params[f"layers.{i}.bias"])) for i in range(n_layers)]
+    tx = torch.tensor(x, requires_grad=True)
+    h = tx
+    for i, (w, b) in enumerate(tp):
+        h = h @ w + b
+        if i < n_layers - 1:
+            h = torch.relu(h)
+    ty = torch.tensor(y)
+    if output == "sigmoid_bce":
+        t = torch.nn.functional.one_hot(ty, 10).double()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(h, t, reduction="sum")
+    else:
+        loss = torch.nn.functional.cross_entropy(h, ty, reduction="sum")
+    loss.backward()  # the sum: each row of the gradient is that sample's own dJ/dx
+    z = tx.detach() + eps * tx.grad.sign()
+    return (z.clamp(*clip) if clip else z).numpy()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Two small trained run directories (validation mode), made through the real CLI."""
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("attack-runs")
+    out = {}
+    for name, extra in (("src", ["--method", "backprop", "--seed", "0"]),
+                        ("tgt", ["--method", "adversarial", "--eps", "0.1", "--seed", "1"])):
+        r = run_cli(["train", "--hidden", "32,32", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "200",
+                     "--eval-split", "validation", "--backend", "numpy", "--lr", "0.2", "--init-std", "0.1",
+                     "--no-eval-train-error", "--data-dir", str(data_dir), "--out", str(root / name), *extra])
+        assert r.exit_code == 0, r.stderr
+        out[name] = root / name
+    return out
+
+
+def _attack(cli, data_dir, source, out, *extra):
+    return cli(["attack", str(source), "--limit", str(LIMIT), "--data-dir", str(data_dir), "--out", str(out), *extra])
+
+
+def _eval_json(cli, data_dir, *args):
+    r = cli(["eval", *map(str, args), "--limit", str(LIMIT), "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout), r
+
+
+# ------------------------------------------------------------------------------------------------ FGSM arithmetic
+@pytest.mark.parametrize("loss", ["model", "softmax_ce"])
+@pytest.mark.parametrize("clip", [None, (0.0, 1.0)])
+def test_fgsm_numpy_equals_torch_equals_autograd(mnist, loss, clip):
+    model = small_model(hidden=(64, 64))
+    params = _params(model)
+    x = mnist["x_train"][-256:].astype(np.float64) / 255
+    y = mnist["y_train"][-256:].astype(np.int64)
+    cfg = RunConfig.model_validate({"model": model.model_dump()})
+    zs = {}
+    for name in ("numpy", "torch"):
+        net = load_backend(name)(model, dtype="float64", device="cpu")
+        net.set_params(params)
+        gnet, _ = gradient_network(net, cfg, loss)
+        grads = fgsm_signs(gnet, x, y, batch_size=100)  # 100 does not divide 256: a short last batch too
+        zs[name] = {eps: perturb(x, grads.signs, eps, clip) for eps in (0.25, 0.5)}
+        assert (grads.signs != 0).mean() > 0.5  # a real gradient, not a comparison of zeros
+    output = "sigmoid_bce" if loss == "model" else loss
+    for eps in (0.25, 0.5):
+        np.testing.assert_array_equal(zs["numpy"][eps], zs["torch"][eps])
+        np.testing.assert_array_equal(zs["numpy"][eps], _autograd_z(params, x, y, eps, clip, output))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_perturb_is_the_reference_fgsm_perturb(dtype):
+    from advbp_cli.backends.numpy.step import fgsm_perturb
+
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 784)).astype(dtype)
+    e = rng.normal(size=(50, 784)).astype(dtype) * (rng.random((50, 784)) > 0.1)  # some exact zeros
+    signs = np.sign(e).astype(np.int8)
+    for eps in (0.05, 0.1, 0.25, 0.3, 0.5):
+        for clip in (None, (0.0, 1.0)):
+            z = perturb(x, signs, eps, clip)
+            assert z.dtype == x.dtype
+            np.testing.assert_array_equal(z, fgsm_perturb(x, e, eps, clip))
+
+
+def test_fgsm_does_not_depend_on_batch_size(mnist):
+    model = small_model(hidden=(32, 16))
+    net = load_backend("numpy")(model, dtype="float64")
+    net.set_params(_params(model, 3))
+    x = mnist["x_test"][:120].astype(np.float64) / 255
+    y = mnist["y_test"][:120].astype(np.int64)
+    ref = fgsm_signs(net, x, y, batch_size=1).signs
+    for b in (7, 64, 120, 1000):
+        np.testing.assert_array_equal(fgsm_signs(net, x, y, batch_size=b).signs, ref)
+
+
+# ------------------------------------------------------------------------------------------------ eps parsing
+@pytest.mark.parametrize("values,expected", [
+    (["0.25", "0.5"], [0.25, 0.5]),
+    (["0.1,0.25", "0.5"], [0.1, 0.25, 0.5]),
+    (["0.05:0.5:0.05"], [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]),
+    (["0:0.3:0.1"], [0.0, 0.1, 0.2, 0.3]),
+    (["0.1:0.35:0.1"], [0.1, 0.2, 0.3]),  # STOP is included only when the steps land on it
+    (["0.25", "0.1:0.3:0.05", "0.25"], [0.25, 0.1, 0.15, 0.2, 0.3]),  # duplicates dropped, order kept
+    ([" 0.1 , 0.2 "], [0.1, 0.2]),
+])
+def test_parse_eps(values, expected):
+    got = parse_eps(values)
+    assert got == expected
+    assert all(repr(v) == repr(round(v, 12)) for v in got)  # 0.15, not 0.15000000000000002
+
+
+@pytest.mark.parametrize("value", ["abc", "-0.1", "0.1:0.5", "0.5:0.1:0.1", "0.1:0.5:0", "0.1:0.5:-1", "nan", ",",
+                                   "0:1000:0.1"])
+def test_parse_eps_refuses(value):
+    with pytest.raises(UsageProblem):
+        parse_eps([value])
+
+
+def test_bad_eps_is_exit_2_and_writes_nothing(cli, data_dir, runs, tmp_path):
+    r = _attack(cli, data_dir, runs["src"], tmp_path / "sets", "--eps", "0.1:x:0.1")
+    assert r.exit_code == 2 and r.stderr.startswith("Error: invalid value for --eps") and "Traceback" not in r.stderr
+    assert not (tmp_path / "sets").exists()
+
+
+# ------------------------------------------------------------------------------------------------ round trips
+@pytest.fixture(scope="module")
+def npz_sets(runs, data_dir, tmp_path_factory):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("sets")
+    for clip in ("--clip", "--no-clip"):
+        r = run_cli(["attack", str(runs["src"]), "--eps", "0.1,0.25", "--limit", str(LIMIT), clip, "--batch-size", "64",
+                     "--data-dir", str(data_dir), "--out", str(root / clip.strip("-"))])
+        assert r.exit_code == 0, r.stderr
+    return {"clip": root / "clip", "no-clip": root / "no-clip"}
+
+
+def test_npz_files_hold_no_pickle(npz_sets):
+    for folder in npz_sets.values():
+        for f in sorted(folder.glob("*.npz")):
+            with np.load(f, allow_pickle=False) as npz:
+                assert set(npz.files) == {"x", "y", "indices", "manifest"}
+                assert all(npz[k].dtype != object for k in npz.files)
+                assert npz["x"].dtype == np.float32 and npz["x"].shape == (LIMIT, 784)
+                manifest = json.loads(npz["manifest"].tobytes().decode())
+                assert manifest["format"] == "advbp-attack-set/1"
+                np.testing.assert_array_equal(npz["indices"], np.arange(50_000, 50_000 + LIMIT))
+        assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_manifest_records_provenance(npz_sets, runs):
+    from advbp_cli.data.download import sha256_of
+
+    m = json.loads((npz_sets["clip"] / "fgsm-eps0.25.json").read_text())
+    assert m["eps"] == 0.25 and m["clip"] == [0.0, 1.0] and m["dataset"]["split"] == "validation"
+    assert m["dataset"]["name"] == "mnist" and len(m["dataset"]["checksum"]) == 64
+    assert m["source"]["checkpoint_sha256"] == sha256_of(runs["src"] / "checkpoint.safetensors")
+    assert m["source"]["config"]["model"]["hidden"] == [32, 32]
+    assert m["attack"]["model_mode"] == "eval" and m["attack"]["gradient_loss"] == "sigmoid_bce"
+    assert m["advbp_version"] and m["provenance"]["git"]
+    assert m["sha256"]["data"] == sha256_of(npz_sets["clip"] / "fgsm-eps0.25.npz")
+    assert 0 <= m["source_error"] <= 100 and m["quantised"] is False
+    m_unclipped = json.loads((npz_sets["no-clip"] / "fgsm-eps0.25.json").read_text())
+    assert m_unclipped["clip"] is None and m_unclipped["dataset"]["checksum"] == m["dataset"]["checksum"]
+
+
+def test_sets_are_fgsm_of_the_split(npz_sets, mnist):
+    clean = mnist["x_train"][50_000:50_000 + LIMIT].astype(np.float32) / np.float32(255)
+    with np.load(npz_sets["no-clip"] / "fgsm-eps0.25.npz", allow_pickle=False) as f:
+        d = f["x"] - clean
+        np.testing.assert_array_equal(f["y"], mnist["y_train"][50_000:50_000 + LIMIT])
+    assert np.allclose(np.abs(d[d != 0]), 0.25, atol=1e-6) and (d != 0).mean() > 0.5
+    with np.load(npz_sets["clip"] / "fgsm-eps0.25.npz", allow_pickle=False) as f:
+        assert f["x"].min() >= 0 and f["x"].max() <= 1
+
+
+def test_npz_round_trip_gives_manifest_error(cli, data_dir, npz_sets, runs):
+    for folder in npz_sets.values():
+        for eps in ("0.1", "0.25"):
+            manifest = json.loads((folder / f"fgsm-eps{eps}.json").read_text())
+            for arg in (folder / f"fgsm-eps{eps}.npz", folder / f"fgsm-eps{eps}.json"):
+                result, _ = _eval_json(cli, data_dir, runs["src"], "--attack-set", arg)
+                row = result["attacks"][1]
+                assert row["attack"] == "whitebox-set"  # the model is the set's own source
+                assert row["error"] == manifest["source_error"]  # exactly
+    # the same sets from the white-box path of eval (same gradient, same clipping)
+    result, _ = _eval_json(cli, data_dir, runs["src"], "--fgsm-eps", "0.1,0.25")
+    wb = [r for r in result["attacks"] if r["attack"] == "whitebox"]
+    assert [r["error"] for r in wb] == [json.loads((npz_sets["clip"] / f"fgsm-eps{e}.json").read_text())["source_error"]
+                                       for e in ("0.1", "0.25")]
+
+
+def test_transfer_and_curve(cli, data_dir, npz_sets, runs, tmp_path):
+    csv_path, json_path = tmp_path / "curve.csv", tmp_path / "curve.json"
+    r = cli(["eval", str(runs["src"]), str(runs["tgt"]), "--attack-set", str(npz_sets["clip"]), "--limit", str(LIMIT),
+             "--data-dir", str(data_dir), "--curve-out", str(csv_path)])
+    assert r.exit_code == 0, r.stderr
+    assert "error (%) against eps" in r.stdout and "0.25" in r.stdout
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("model,attack,eps") and len(lines) == 1 + 2 * 3  # clean + 2 sets, per model
+    assert {ln.split(",")[1] for ln in lines[1:]} == {"none", "whitebox-set", "transfer"}
+    result, _ = _eval_json(cli, data_dir, runs["src"], runs["tgt"], "--attack-set", npz_sets["clip"],
+                           "--fgsm-eps", "0.05:0.1:0.05", "--curve-out", json_path)
+    assert len(result["models"]) == 2 and len(result["curve"]) == 2 * (1 + 2 + 2)
+    saved = json.loads(json_path.read_text())
+    assert saved["rows"] == result["curve"]
+
+
+def test_idx_round_trip(cli, data_dir, runs, tmp_path):
+    from advbp_cli.data.mnist import read_idx
+
+    out = tmp_path / "idx"
+    r = _attack(cli, data_dir, runs["src"], out, "--eps", "0.25", "--format", "idx")
+    assert r.exit_code == 0, r.stderr
+    m = json.loads((out / "fgsm-eps0.25.json").read_text())
+    assert m["quantised"] is True and "round" in m["quantisation"]
+    images = read_idx(out / "fgsm-eps0.25-images-idx3-ubyte")  # the plain MNIST reader
+    labels = read_idx(out / "fgsm-eps0.25-labels-idx1-ubyte")
+    assert images.shape == (LIMIT, 28, 28) and images.dtype == np.uint8 and labels.shape == (LIMIT,)
+    for arg in ("fgsm-eps0.25.json", "fgsm-eps0.25-images-idx3-ubyte"):
+        result, _ = _eval_json(cli, data_dir, runs["src"], "--attack-set", out / arg)
+        assert result["attacks"][1]["error"] == m["source_error"]
+
+
+def test_idx_refuses_unclipped(cli, data_dir, runs, tmp_path):
+    r = _attack(cli, data_dir, runs["src"], tmp_path / "x", "--eps", "0.25", "--format", "idx", "--no-clip")
+    assert r.exit_code == 2 and "--no-clip" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_sets_need_overwrite(cli, data_dir, runs, tmp_path):
+    out = tmp_path / "s"
+    assert _attack(cli, data_dir, runs["src"], out, "--eps", "0.1").exit_code == 0
+    r = _attack(cli, data_dir, runs["src"], out, "--eps", "0.1")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert _attack(cli, data_dir, runs["src"], out, "--eps", "0.1", "--overwrite").exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def test_mismatched_input_shape_refused(cli, data_dir, npz_sets, tmp_path):
+    model = small_model(hidden=(8,), input_size=100)
+    ckpt = _checkpoint(tmp_path / "small.safetensors", fresh(model), input_size=100, hidden=[8])
+    r = cli(["eval", str(ckpt), "--attack-set", str(npz_sets["clip"] / "fgsm-eps0.25.npz"), "--limit", "10",
+             "--data-dir", str(data_dir)])
+    assert r.exit_code == 2, r.stderr
+    assert "inputs of size 784" in r.stderr and "size 100" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mismatched_dataset_refused(cli, data_dir, npz_sets, runs, tmp_path):
+    src = npz_sets["clip"] / "fgsm-eps0.25.npz"
+    with np.load(src, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    manifest = json.loads(arrays["manifest"].tobytes().decode())
+    manifest["dataset"]["name"] = "cifar10"
+    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+    bad = tmp_path / "cifar.npz"
+    np.savez(bad, **arrays)
+    r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and "'cifar10'" in r.stderr and "'mnist'" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["pickled", "not-a-set", "garbage"])
+def test_unreadable_sets_refused(cli, data_dir, runs, tmp_path, kind):
+    path = tmp_path / f"{kind}.npz"
+    if kind == "pickled":
+        np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1), indices=np.zeros(1), manifest=np.zeros(1))
+    elif kind == "not-a-set":
+        np.savez(path, x=np.zeros((2, 784)))
+    else:
+        path.write_bytes(b"not a zip file")
+    r = cli(["eval", str(runs["src"]), "--attack-set", str(path), "--limit", "10", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("field,value", [("eps", "0.25"), ("files", {"data": "../elsewhere.npz"}), ("dataset", None),
+                                         ("clip", [0])])
+def test_hostile_manifest_fields_refused(cli, data_dir, npz_sets, runs, tmp_path, field, value):
+    with np.load(npz_sets["clip"] / "fgsm-eps0.25.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    manifest = dict(json.loads(arrays["manifest"].tobytes().decode()), **{field: value})
+    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and f"manifest field {field!r}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_warns_when_target_was_trained_on_the_set_images(cli, data_dir, npz_sets, tmp_path):
+    model = small_model(hidden=(32, 32))
+    ckpt = _checkpoint(tmp_path / "test-mode.safetensors", _params(model), eval_split="test", hidden=[32, 32])
+    r = cli(["eval", str(ckpt), "--attack-set", str(npz_sets["clip"] / "fgsm-eps0.25.npz"), "--limit", "10",
+             "--data-dir", str(data_dir)])
+    assert r.exit_code == 0, r.stderr
+    assert f"was trained on {LIMIT} of the {LIMIT} clean images" in r.stderr
+
+
+def test_empty_names_refused(cli, data_dir, runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli(["attack", str(runs["src"]), "--eps", "0.1", "--limit", "5", "--out", "", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and "--out" in r.stderr and not list(tmp_path.iterdir())
+    r = cli(["eval", str(runs["src"]), "--attack-set", "", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and "--attack-set" in r.stderr
+
+
+def test_curve_out_needs_csv_or_json(cli, data_dir, runs, tmp_path):
+    r = cli(["eval", str(runs["src"]), "--fgsm-eps", "0.1", "--curve-out", str(tmp_path / "c.txt"),
+             "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and ".csv" in r.stderr and not (tmp_path / "c.txt").exists()
+
+
+# ------------------------------------------------------------------------------------------------ zero gradients
+def test_zero_gradient_warning(cli, data_dir, tmp_path):
+    model = small_model(hidden=(16, 16))
+    zero = {k: np.zeros_like(v) for k, v in fresh(model).items()}
+    ckpt = _checkpoint(tmp_path / "zero.safetensors", zero, hidden=[16, 16])
+    out = tmp_path / "sets"
+    r = cli(["attack", str(ckpt), "--eps", "0.25", "--limit", "50", "--data-dir", str(data_dir), "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "warning: 50 of 50 samples have an exactly zero input gradient" in r.stderr
+    m = json.loads((out / "fgsm-eps0.25.json").read_text())
+    assert m["zero_gradient_samples"] == 50 and m["zero_gradient_fraction"] == 1.0
+    r = cli(["eval", str(ckpt), "--fgsm-eps", "0.25", "--limit", "50", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0 and "exactly zero input gradient" in r.stderr
+
+
+def test_plain_eval_unchanged(cli, data_dir, runs):
+    result, r = _eval_json(cli, data_dir, runs["src"])
+    assert "attacks" not in result and result["split"] == "validation" and result["n"] == LIMIT
+    assert len(result["hidden_zero_fraction"]) == 2
