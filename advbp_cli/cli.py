@@ -11,6 +11,7 @@ from . import __version__
 from .commands.attack import attack_cmd
 from .commands.eval import eval_cmd
 from .commands.presets import presets_cmd
+from .commands.report import report_cmd
 from .commands.sweep import sweep_cmd
 from .commands.train import train_cmd
 from .errors import TrainingDiverged, UsageProblem
@@ -30,6 +31,7 @@ cli.add_command(train_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(presets_cmd)
 cli.add_command(attack_cmd)
+cli.add_command(report_cmd)
 cli.add_command(sweep_cmd)
 
 

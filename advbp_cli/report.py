@@ -1,0 +1,458 @@
+"""`advbp report`: the paper's figures from the user's own runs or sweeps, with an index.md and a report.json
+holding the numbers behind them.
+
+Sources are run directories (config.json) or sweep directories (run directories at SWEEP/PRESET/RUN, e.g.
+SWEEP/mnist-relu-2x400-adv/seed-0). Runs are grouped: a run directory is a group of one, a sweep gives one group
+per preset. Figure 1 draws one line per group (mean with a +-std band over a sweep's seeds), Figures 2 and 3
+one panel per group (its first run), Figure 4 (sweeps only) one pair of bars per preset.
+
+Everything is read and computed before the output directory is touched, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import __version__
+from .config import RunConfig
+from .errors import UsageProblem
+from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
+from .files import write_json_atomic, write_text_atomic
+from .rundir import CHECKPOINT, CONFIG, RunDir
+
+if TYPE_CHECKING:
+    from . import figures
+
+FORMATS = ("png", "svg")
+NAMES = {
+    "curves": "fig1-error-curves",
+    "features": "fig2-first-layer-features",
+    "activations": "fig3-hidden-activations",
+    "sweep": "fig4-sweep-vs-paper",
+}
+INDEX = "index.md"
+REPORT_JSON = "report.json"
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    cfg: RunConfig
+    metrics: list[dict]
+    complete: bool
+    paper: dict | None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.metrics)
+
+    @property
+    def headline(self) -> float:
+        """The paper's statistic: mean eval error of the last `mean_last` epochs (of those completed so far)."""
+        return mean_last_epochs(self.metrics, self.cfg.train.mean_last)
+
+    def describe(self) -> dict:
+        m, t = self.cfg.model, self.cfg.train
+        last = self.metrics[-1]
+        return {
+            "path": str(self.path),
+            "preset": self.cfg.preset,
+            "method": t.method,
+            "network": f"{'x'.join(map(str, m.hidden))} {m.activation}",
+            "eps": t.eps if t.method == "adversarial" else None,
+            "seed": self.cfg.runtime.seed,
+            "eval_split": self.cfg.data.eval_split,
+            "epochs_completed": self.epochs,
+            "epochs_planned": t.epochs,
+            "complete": self.complete,
+            "mean_last": min(t.mean_last, self.epochs),
+            "headline_error": self.headline,
+            "final_train_error": last.get("train_error"),
+            "final_eval_error": last["eval_error"],
+            "paper": self.paper,
+        }
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[RunInfo]
+    sweep: Path | None = None
+    preset: str | None = None
+
+    @property
+    def title(self) -> str:
+        """The panel title in Figures 2 and 3: a run's label says what was trained (a sweep's preset name does)."""
+        if self.sweep is not None:
+            return f"{self.label} ({len(self.runs)} runs, first shown)" if len(self.runs) > 1 else self.label
+        c = self.runs[0].cfg
+        how = f"adversarial, eps {c.train.eps:g}" if c.train.method == "adversarial" else "back-prop"
+        return f"{self.label} ({how}, {'x'.join(map(str, c.model.hidden))} {c.model.activation})"
+
+
+@dataclass
+class Panel:
+    """What Figures 2 and 3 need from a group's first run."""
+
+    label: str
+    title: str
+    run: RunInfo
+    checkpoint_epoch: int
+    weights: np.ndarray
+    hist: figures.Histogram
+    zero_fractions: list[float]
+    split: str
+    n: int
+
+
+@dataclass
+class Report:
+    groups: list[Group]
+    panels: list[Panel]
+    sources: list[str]
+    limit: int | None
+    tiles: int
+    figures: dict = field(default_factory=dict)
+
+
+# --- reading sources ---------------------------------------------------------------------------------------
+def _paper_value(cfg: RunConfig, summary: dict | None) -> dict | None:
+    if summary and summary.get("paper"):
+        return summary["paper"]
+    if cfg.preset:
+        from . import presets
+
+        if cfg.preset in presets.preset_names():
+            return presets.load_preset(cfg.preset).get("paper")
+    return None
+
+
+def read_run(path: Path) -> RunInfo:
+    run = RunDir(path)
+    record = run.read_config()
+    try:
+        cfg = RunConfig.model_validate(record.get("config", record))
+    except Exception as exc:
+        raise UsageProblem(f"the config in {run.config_path} is not valid: {str(exc).splitlines()[0]}") from None
+    metrics = run.read_metrics()
+    if not metrics:
+        raise UsageProblem(f"run directory {path} has no completed epoch yet (its metrics.jsonl is empty)")
+    if any("eval_error" not in m for m in metrics):
+        raise UsageProblem(f"{run.metrics_path} has lines without eval_error; is it an advbp run?")
+    summary = None
+    if run.is_complete():
+        try:
+            summary = run.read_summary()
+        except ValueError:
+            summary = None
+    return RunInfo(path, cfg, metrics, summary is not None, _paper_value(cfg, summary))
+
+
+def _sweep_runs(path: Path) -> dict[str, list[Path]]:
+    """PRESET -> run directories for a sweep directory (SWEEP/PRESET/RUN/config.json)."""
+    found: dict[str, list[Path]] = {}
+    for cfg in sorted(path.glob(f"*/*/{CONFIG}")):
+        found.setdefault(cfg.parent.parent.name, []).append(cfg.parent)
+    return found
+
+
+def discover(sources: list[str], log=print) -> list[Group]:
+    groups: list[Group] = []
+    for src in sources:
+        path = Path(src)
+        if not path.exists():
+            raise UsageProblem(f"{src} does not exist (expected a run directory or a sweep directory)")
+        if not path.is_dir():
+            raise UsageProblem(f"{src} is not a directory (expected a run directory or a sweep directory)")
+        if (path / CONFIG).is_file():
+            groups.append(Group(path.name, [read_run(path)]))
+            continue
+        sweep = _sweep_runs(path)
+        if not sweep:
+            raise UsageProblem(f"{src} is neither an advbp run directory (no {CONFIG}) nor a sweep directory "
+                               f"(no run directories at {src}/PRESET/RUN/{CONFIG})")
+        n_groups = len(groups)
+        for preset_dir, run_paths in sweep.items():
+            # a sweep in progress has runs that have not finished an epoch yet: they are left out, not an error
+            started = [p for p in run_paths if (p / CHECKPOINT).is_file() and RunDir(p).read_metrics()]
+            for p in sorted(set(run_paths) - set(started)):
+                log(f"{p}: no completed epoch yet, left out")
+            if not started:
+                continue
+            runs = sorted((read_run(p) for p in started), key=lambda r: (r.cfg.runtime.seed, r.path.name))
+            groups.append(Group(preset_dir, runs, sweep=path, preset=runs[0].cfg.preset or preset_dir))
+        if len(groups) == n_groups:
+            raise UsageProblem(f"sweep directory {src} has no run with a completed epoch yet")
+    _unique_labels(groups)
+    return groups
+
+
+def _unique_labels(groups: list[Group]) -> None:
+    """Two groups named alike (runs a/seed-0 and b/seed-0, or two sweeps) get their parent folder prefixed."""
+    seen: dict[str, int] = {}
+    for g in groups:
+        seen[g.label] = seen.get(g.label, 0) + 1
+    for g in groups:
+        if seen[g.label] > 1:
+            parent = g.sweep if g.sweep is not None else g.runs[0].path.parent
+            g.label = f"{parent.name or parent.resolve().name}/{g.label}"
+
+
+# --- numbers -----------------------------------------------------------------------------------------------
+def hidden_activations(net, x: np.ndarray) -> list[np.ndarray]:
+    """Every hidden layer's activations on x, computed in chunks like evaluate.hidden_sparsity."""
+    parts = [net.hidden_activations(net.asarray(x[s : s + CHUNK])) for s in range(0, len(x), CHUNK)]
+    return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
+
+
+def build_panels(groups: list[Group], raw: dict, limit: int | None, backend: str | None, device: str | None) -> list[Panel]:
+    from . import figures
+    from .data.splits import split_of
+    from .networks import load_network
+
+    panels = []
+    for g in groups:
+        run = g.runs[0]
+        net, cfg, _ckpt, meta = load_network(run.path, backend=backend, device=device)
+        split = cfg.data.eval_split
+        # exactly what `advbp eval RUN [--limit N]` evaluates: the run's eval split, whole unless --limit
+        data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit)
+        weights = np.asarray(net.get_params()["layers.0.weight"])
+        zeros = hidden_sparsity(net, data.x)
+        # the histogram is kept, not the activations: memory stays one network's worth for any number of panels
+        hist = figures.histogram(hidden_activations(net, data.x), zeros)
+        panels.append(Panel(g.label, g.title, run, int(meta.get("epoch", 0)), weights, hist, zeros, split, len(data.y)))
+    return panels
+
+
+def curve_of(group: Group):
+    from .figures import Curve
+
+    n = min(r.epochs for r in group.runs)  # seeds are averaged over the epochs all of them have completed
+    epochs = np.array([m["epoch"] for m in group.runs[0].metrics[:n]])
+    ev = np.array([[m["eval_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float)
+    has_train = all("train_error" in m for r in group.runs for m in r.metrics[:n])
+    tr = np.array([[m["train_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float) if has_train else None
+    many = len(group.runs) > 1
+    return Curve(
+        label=group.label,
+        eval_split=group.runs[0].cfg.data.eval_split,
+        epochs=epochs,
+        eval_mean=ev.mean(axis=0),
+        eval_std=ev.std(axis=0, ddof=1) if many else None,
+        train_mean=tr.mean(axis=0) if tr is not None else None,
+        train_std=tr.std(axis=0, ddof=1) if tr is not None and many else None,
+        n_runs=len(group.runs),
+    )
+
+
+def bar_runs(group: Group) -> tuple[list[RunInfo], bool]:
+    """The runs a sweep's bar averages: the complete ones, as the sweep's own summary does; (all runs, True) when
+    none is complete yet, so an unfinished sweep still gets a (flagged) bar."""
+    done = [r for r in group.runs if r.complete]
+    return (done, False) if done else (group.runs, True)
+
+
+def bar_of(group: Group):
+    from .figures import Bar
+
+    runs, partial = bar_runs(group)
+    values = np.array([r.headline for r in runs])
+    paper = group.runs[0].paper or {}
+    # sample std (ddof=1) over seeds, as `advbp sweep`'s summary; none for a single seed
+    std = float(values.std(ddof=1)) if len(values) > 1 else None
+    return Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
+               paper.get("error"), paper.get("std"))
+
+
+# --- the command -------------------------------------------------------------------------------------------
+def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | None, limit: int | None,
+                tiles: int = 100, backend: str | None = None, device: str | None = None, download: bool = True,
+                command: str = "", log=print) -> dict:
+    if fmt not in FORMATS:
+        raise UsageProblem(f"invalid value for --format: {fmt!r} (accepted: {', '.join(FORMATS)})")
+    if not sources:
+        raise UsageProblem("give at least one run directory or sweep directory")
+    if out is None:
+        if len(sources) > 1:
+            raise UsageProblem("give --out DIR when reporting on several directories")
+        out = str(Path(sources[0]) / "report")
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise UsageProblem(f"--out {out} exists and is not a directory")
+
+    # Read and compute everything first: a mistake in the input must leave no output directory behind.
+    groups = discover(sources, log)
+    for g in groups:
+        side = int(round(g.runs[0].cfg.model.input_size ** 0.5))
+        if side * side != g.runs[0].cfg.model.input_size:
+            raise UsageProblem(f"{g.runs[0].path}: input size {g.runs[0].cfg.model.input_size} is not a square image")
+    from .data.mnist import load_mnist
+    from .data.paths import resolve_data_dir
+
+    data_path, _ = resolve_data_dir(data_dir)
+    raw = load_mnist(data_path, download=download, log=log)
+    panels = build_panels(groups, raw, limit, backend, device)
+    report = Report(groups, panels, list(sources), limit, tiles)
+
+    created = not out_path.exists()
+    try:
+        result = _render(report, out_path, fmt, command)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_path, ignore_errors=True)
+        raise
+    return result
+
+
+def _split_desc(panels: list[Panel], limit: int | None) -> str:
+    splits = sorted({p.split for p in panels})
+    ns = sorted({p.n for p in panels})
+    what = "/".join(splits) + " split"
+    if limit is not None:
+        return f"the first {ns[0]} images of the {what}"
+    return f"the whole {what} ({'/'.join(map(str, ns))} images)"
+
+
+def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
+    from . import figures
+
+    out.mkdir(parents=True, exist_ok=True)
+    groups, panels = report.groups, report.panels
+    sweep_groups = [g for g in groups if g.sweep is not None]
+    figs: dict[str, dict] = {}
+
+    def file(key):
+        return f"{NAMES[key]}.{fmt}"
+
+    curves = [curve_of(g) for g in groups]
+    w, h = figures.error_curves(curves, out / file("curves"), fmt)
+    figs["curves"] = {"file": file("curves"), "width_px": w, "height_px": h}
+
+    w, h = figures.weight_tiles([(p.title, p.weights) for p in panels], report.tiles, out / file("features"), fmt)
+    figs["features"] = {"file": file("features"), "width_px": w, "height_px": h}
+
+    split_desc = _split_desc(panels, report.limit)
+    w, h = figures.activation_histograms([(p.title, p.hist) for p in panels], split_desc,
+                                         out / file("activations"), fmt)
+    figs["activations"] = {"file": file("activations"), "width_px": w, "height_px": h}
+
+    bars = [bar_of(g) for g in sweep_groups]
+    if bars:
+        splits = "/".join(sorted({g.runs[0].cfg.data.eval_split for g in sweep_groups}))
+        w, h = figures.sweep_bars(bars, splits, out / file("sweep"), fmt)
+        figs["sweep"] = {"file": file("sweep"), "width_px": w, "height_px": h}
+    for f in figs.values():
+        f["dpi"] = figures.DPI
+
+    result = {
+        "advbp_version": __version__,
+        "command": command,
+        "format": fmt,
+        "sources": report.sources,
+        "groups": [
+            {"label": g.label, "sweep": str(g.sweep) if g.sweep else None, "preset": g.preset,
+             "runs": [r.describe() for r in g.runs]}
+            for g in groups
+        ],
+        "figures": figs,
+        "curves": [
+            {"label": c.label, "n_runs": c.n_runs, "epochs": int(c.epochs[-1]),
+             "final_train_error": None if c.train_mean is None else float(c.train_mean[-1]),
+             "final_eval_error": float(c.eval_mean[-1]),
+             "min_eval_error": float(c.eval_mean.min()), "min_eval_epoch": int(c.epochs[int(c.eval_mean.argmin())])}
+            for c in curves
+        ],
+        "features": [
+            {"label": p.label, "run": str(p.run.path), "checkpoint_epoch": p.checkpoint_epoch,
+             "units_shown": min(report.tiles, p.weights.shape[1]), "units": int(p.weights.shape[1])}
+            for p in panels
+        ],
+        "sparsity": [
+            {"label": p.label, "run": str(p.run.path), "checkpoint_epoch": p.checkpoint_epoch, "split": p.split,
+             "n": p.n, "limit": report.limit, "hidden_zero_fraction": p.zero_fractions,
+             "overall_zero_fraction": figures.overall_zero_fraction(p.zero_fractions, p.hist.sizes)}
+            for p in panels
+        ],
+        "sweep": [
+            {"label": b.label, "preset": g.preset, "n_runs": b.n_runs, "mean": b.mean, "std": b.std,
+             "values": [r.headline for r in bar_runs(g)[0]], "runs": [str(r.path) for r in bar_runs(g)[0]],
+             "complete_runs_only": not bar_runs(g)[1], "paper": b.paper, "paper_std": b.paper_std}
+            for b, g in zip(bars, sweep_groups)
+        ],
+    }
+    write_json_atomic(out / REPORT_JSON, result)
+    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
+    return result
+
+
+# --- index.md ----------------------------------------------------------------------------------------------
+def _pct(v, digits=2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _paper(p: dict | None) -> str:
+    if not p or p.get("error") is None:
+        return "–"
+    return f"{p['error']:.2f} ± {p['std']:.2f}" if p.get("std") is not None else f"{p['error']:.2f}"
+
+
+def index_markdown(r: dict, split_desc: str) -> str:
+    figs = r["figures"]
+    runs = [run for g in r["groups"] for run in g["runs"]]
+    lines = ["# advbp report", ""]
+    if r["command"]:
+        lines += [f"Made with `{r['command']}` (advbp {r['advbp_version']}); every number below is also in "
+                  f"[{REPORT_JSON}]({REPORT_JSON}).", ""]
+    lines += ["| run | preset | method | network | epochs | eval split | mean eval error of the last epochs (%) | paper, test (%) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        done = f"{run['epochs_completed']}/{run['epochs_planned']}" + ("" if run["complete"] else " (in progress)")
+        lines.append(f"| `{run['path']}` | {run['preset'] or '–'} | {run['method']} | {run['network']} | {done} | "
+                     f"{run['eval_split']} | {_pct(run['headline_error'], 3)} (last {run['mean_last']}) | {_paper(run['paper'])} |")
+
+    lines += ["", "## Figure 1: error curves", "", f"![error curves]({figs['curves']['file']})", "",
+              "*Clean training error (dashed) and evaluation error (solid) per epoch; symlog axis, so 0 % is drawn"
+              " (paper Figure 1). A sweep's preset is the mean over its seeds with a ±1 std band.*", "",
+              "| run | runs | epochs | final clean train error (%) | final eval error (%) | lowest eval error (%) (epoch) |",
+              "|---|---|---|---|---|---|"]
+    for c in r["curves"]:
+        lines.append(f"| {c['label']} | {c['n_runs']} | {c['epochs']} | {_pct(c['final_train_error'])} | "
+                     f"{_pct(c['final_eval_error'])} | {_pct(c['min_eval_error'])} ({c['min_eval_epoch']}) |")
+
+    lines += ["", "## Figure 2: first hidden layer features", "", f"![first layer features]({figs['features']['file']})", "",
+              "*Each tile is one first-layer unit's 784 incoming weights as a 28x28 image, scaled by its own largest"
+              " |w| (black negative, white positive) (paper Figure 2).*", "",
+              "| run | checkpoint epoch | units shown |", "|---|---|---|"]
+    for f in r["features"]:
+        lines.append(f"| {f['label']} | {f['checkpoint_epoch']} | {f['units_shown']} of {f['units']} |")
+
+    n_layers = max(len(s["hidden_zero_fraction"]) for s in r["sparsity"])
+    lines += ["", "## Figure 3: hidden unit activations", "", f"![hidden activations]({figs['activations']['file']})", "",
+              f"*Histogram of the non-zero hidden activations on {split_desc}; the fraction of exact zeros per layer"
+              " (the number `advbp eval` reports as hidden_zero_fraction) is printed on each panel (paper Figure 3:"
+              " 39 % back-prop, 61 % adversarial).*", "",
+              "| run | checkpoint epoch | split (images) | " + " | ".join(f"zeros layer {j + 1} (%)" for j in range(n_layers))
+              + " | zeros all layers (%) |",
+              "|---|---|---|" + "---|" * (n_layers + 1)]
+    for s in r["sparsity"]:
+        cells = [_pct(z * 100, 1) for z in s["hidden_zero_fraction"]] + ["–"] * (n_layers - len(s["hidden_zero_fraction"]))
+        lines.append(f"| {s['label']} | {s['checkpoint_epoch']} | {s['split']} ({s['n']}) | " + " | ".join(cells)
+                     + f" | {_pct(s['overall_zero_fraction'] * 100, 1)} |")
+
+    if "sweep" in figs:
+        lines += ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({figs['sweep']['file']})", "",
+                  "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
+                  " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
+                  "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
+        for b in r["sweep"]:
+            per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
+            paper = _paper({"error": b["paper"], "std": b["paper_std"]})
+            ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
+            lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,178 @@
+"""`advbp report`: every figure rendered from tiny real runs, valid PNG/SVG of the expected size, the Figure 3
+sparsity equal to `advbp eval`'s, sweeps, and bad input that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+TINY = ["--train-limit", "300", "--eval-limit", "100", "--epochs", "2", "--hidden", "16,16", "--backend", "numpy"]
+LIMIT = "100"  # Figure 3 and `advbp eval` on the same first 100 evaluation images
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGS = ["fig1-error-curves", "fig2-first-layer-features", "fig3-hidden-activations"]
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+    """Three tiny runs: adversarial seeds 0 and 1, back-prop seed 0."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, preset, seed in (("adv0", "mnist-relu-2x400-adv", 0), ("adv1", "mnist-relu-2x400-adv", 1),
+                               ("bp0", "mnist-relu-2x400-backprop", 0)):
+        r = run_cli(["train", "--preset", preset, *TINY, "--seed", str(seed), "--data-dir", str(data_dir),
+                     "--out", str(root / name)])
+        assert r.exit_code == 0, r.stderr
+        out[name] = root / name
+    return out
+
+
+def report(data_dir, *args):
+    r = run_cli(["report", *map(str, args), "--data-dir", str(data_dir), "--limit", LIMIT])
+    assert r.exit_code == 0, r.stderr
+    return r
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def expected_px(figsize) -> tuple[int, int]:
+    from advbp_cli import figures
+
+    return figures.pixel_size(figsize)
+
+
+def test_one_run_renders_figures_1_to_3_as_png_of_the_expected_size(runs, data_dir, tmp_path):
+    import matplotlib.image
+
+    from advbp_cli import figures
+
+    out = tmp_path / "rep"
+    report(data_dir, runs["adv0"], "--out", out)
+    meta = json.loads((out / "report.json").read_text())
+    want = {
+        "fig1-error-curves": (800, 480),  # 8 x 4.8 in at 100 dpi
+        "fig2-first-layer-features": expected_px(figures.TILE_PANEL),
+        "fig3-hidden-activations": expected_px(figures.HIST_PANEL),
+    }
+    for name, (w, h) in want.items():
+        path = out / f"{name}.png"
+        assert png_size(path) == (w, h)
+        img = matplotlib.image.imread(path)  # decodes the whole image, not just the header
+        assert img.shape[:2] == (h, w) and img.std() > 0  # not blank
+        assert path.stat().st_size < 200_000
+    assert {f["file"] for f in meta["figures"].values()} == {f"{n}.png" for n in FIGS}  # no Figure 4 for a run
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))  # atomic writes leave no temporaries
+    index = (out / "index.md").read_text()
+    for name in FIGS:
+        assert f"]({name}.png)" in index
+    assert meta["curves"][0]["epochs"] == 2 and meta["features"][0]["units_shown"] == 16
+
+
+def test_figure_3_sparsity_equals_advbp_eval(runs, data_dir, tmp_path):
+    out = tmp_path / "rep"
+    report(data_dir, runs["adv0"], "--out", out, "--format", "svg")
+    ev = run_cli(["eval", str(runs["adv0"]), "--data-dir", str(data_dir), "--limit", LIMIT, "--json"])
+    assert ev.exit_code == 0, ev.stderr
+    want = json.loads(ev.stdout)["hidden_zero_fraction"]
+    s = json.loads((out / "report.json").read_text())["sparsity"][0]
+    assert s["n"] == 100 and s["split"] == "test"
+    assert s["hidden_zero_fraction"] == want  # the same function on the same images: exactly equal
+    assert 0 < want[0] < 1
+    # ...and the numbers printed on the figure itself (SVG keeps its text) and in index.md are these
+    svg_text = " ".join(t for t in ET.parse(out / "fig3-hidden-activations.svg").getroot().itertext())
+    index = (out / "index.md").read_text()
+    for j, z in enumerate(want):
+        assert f"layer {j + 1}: {z * 100:5.1f}%" in svg_text
+        assert f"| {z * 100:.1f} |" in index
+
+
+def test_two_runs_go_side_by_side(runs, data_dir, tmp_path):
+    from advbp_cli import figures
+
+    out = tmp_path / "rep"
+    r = report(data_dir, runs["bp0"], runs["adv0"], "--out", out)
+    assert "fig2-first-layer-features.png" in r.stdout
+    assert png_size(out / "fig2-first-layer-features.png") == expected_px((2 * figures.TILE_PANEL[0], figures.TILE_PANEL[1]))
+    assert png_size(out / "fig3-hidden-activations.png") == expected_px((2 * figures.HIST_PANEL[0], figures.HIST_PANEL[1]))
+    meta = json.loads((out / "report.json").read_text())
+    assert [s["label"] for s in meta["sparsity"]] == ["bp0", "adv0"]
+    assert meta["sparsity"][0]["hidden_zero_fraction"] != meta["sparsity"][1]["hidden_zero_fraction"]
+
+
+def test_sweep_directory_gives_mean_curves_and_the_bar_chart_as_svg(runs, data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, rel in (("adv0", "mnist-relu-2x400-adv/seed-0"), ("adv1", "mnist-relu-2x400-adv/seed-1"),
+                      ("bp0", "mnist-relu-2x400-backprop/seed-0")):
+        shutil.copytree(runs[name], sweep / rel)
+    (sweep / "mnist-relu-2x400-adv/seed-2").mkdir()  # a run of a sweep in progress: no epoch yet, left out
+    shutil.copy(runs["adv0"] / "config.json", sweep / "mnist-relu-2x400-adv/seed-2/config.json")
+    r = report(data_dir, sweep, "--format", "svg")
+    assert "seed-2: no completed epoch yet, left out" in r.stderr
+    out = sweep / "report"  # the default --out for one source
+    meta = json.loads((out / "report.json").read_text())
+    assert sorted(f["file"] for f in meta["figures"].values()) == [f"{n}.svg" for n in [*FIGS, "fig4-sweep-vs-paper"]]
+    for f in meta["figures"].values():
+        root = ET.parse(out / f["file"]).getroot()  # well-formed XML
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        # SVG sizes are in points (72 per inch); the figure is width_px / dpi inches wide
+        assert float(root.get("width").removesuffix("pt")) == pytest.approx(f["width_px"] / f["dpi"] * 72)
+        assert float(root.get("height").removesuffix("pt")) == pytest.approx(f["height_px"] / f["dpi"] * 72)
+    bars = {b["preset"]: b for b in meta["sweep"]}
+    adv = [json.loads((runs[n] / "summary.json").read_text())["headline"]["value"] for n in ("adv0", "adv1")]
+    assert bars["mnist-relu-2x400-adv"]["n_runs"] == 2
+    assert bars["mnist-relu-2x400-adv"]["mean"] == pytest.approx(np.mean(adv))
+    assert bars["mnist-relu-2x400-adv"]["std"] == pytest.approx(np.std(adv, ddof=1))
+    assert bars["mnist-relu-2x400-adv"]["paper"] == 0.83
+    assert bars["mnist-relu-2x400-backprop"]["std"] is None and bars["mnist-relu-2x400-backprop"]["paper"] is None
+    assert [c["n_runs"] for c in meta["curves"]] == [2, 1]
+    assert "## Figure 4" in (out / "index.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["not-a-run", "missing", "format", "no-checkpoint", "unstarted-sweep",
+                                  "several-without-out"])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_output(case, runs, data_dir, tmp_path):
+    out = tmp_path / "out"
+    src = tmp_path / "src"
+    extra = []
+    if case == "not-a-run":
+        src.mkdir()
+        (src / "notes.txt").write_text("hello")
+    elif case == "format":
+        src = runs["adv0"]
+        extra = ["--format", "jpg"]
+    elif case == "no-checkpoint":
+        src.mkdir()
+        for f in ("config.json", "metrics.jsonl"):
+            shutil.copy(runs["adv0"] / f, src / f)
+    elif case == "unstarted-sweep":
+        (src / "mnist-relu-2x400-adv" / "seed-0").mkdir(parents=True)
+        shutil.copy(runs["adv0"] / "config.json", src / "mnist-relu-2x400-adv" / "seed-0" / "config.json")
+    elif case == "several-without-out":
+        r = run_cli(["report", str(runs["adv0"]), str(runs["bp0"]), "--data-dir", str(data_dir)])
+        assert r.exit_code == 2 and r.stderr.startswith("Error: ") and "--out" in r.stderr
+        assert not (runs["adv0"] / "report").exists()
+        return
+    r = run_cli(["report", str(src), "--out", str(out), "--data-dir", str(data_dir), *extra])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]  # (a sweep's left-out runs are logged before it)
+    assert last.startswith("Error: ") and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_importing_the_cli_does_not_import_matplotlib():
+    code = "import sys, advbp_cli.cli; sys.exit(1 if 'matplotlib' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
