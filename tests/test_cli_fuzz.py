@@ -164,6 +164,8 @@ SPECIAL = {
     ("sweep", "out"): (st.sampled_from(["FRESH"]), st.sampled_from(["GARBAGE", "GOOD_RUN", "EMPTY", ""])),
     ("sweep", "report_dir"): (st.sampled_from(["FRESH"]), st.sampled_from(["GARBAGE", "GOOD_RUN", "EMPTY", ""])),
     ("sweep", "data_dir"): (st.sampled_from(["DATA"]), st.sampled_from(["EMPTY", "MISSING", "GARBAGE", ""])),
+    # `--executor ray` starts a Ray instance (seconds each): tests/test_sweep_ray.py covers it, not the fuzzer
+    ("sweep", "executor"): (st.just("local"), junk),
 }
 
 
