@@ -14,13 +14,22 @@ from .files import atomic_path
 FORMAT = "advbp-checkpoint/1"
 
 
+OPTIMIZER_PREFIX = "momentum."  # momentum buffers travel in the checkpoint as `momentum.<parameter name>`
+
+
 def expected_shapes(model_cfg) -> dict[str, tuple[int, ...]]:
-    sizes = [model_cfg.input_size, *model_cfg.hidden, model_cfg.num_classes]
-    shapes = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        shapes[f"layers.{i}.weight"] = (fan_in, fan_out)
-        shapes[f"layers.{i}.bias"] = (fan_out,)
-    return shapes
+    """Parameter names and shapes: conv.i.weight (out, in, k, k) and conv.i.bias for a conv net's conv layers,
+    then layers.i.weight (fan_in, fan_out) and layers.i.bias (see backends.Architecture)."""
+    from .backends import architecture
+
+    return architecture(model_cfg).param_shapes()
+
+
+def split_optimizer_state(tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(parameters, optimizer state) of a checkpoint's tensors."""
+    params = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    state = {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    return params, state
 
 
 def save_checkpoint(path: Path, params: dict[str, np.ndarray], config_dict: dict, epoch: int, extra=None) -> None:
@@ -64,6 +73,8 @@ def check_same_model(path: Path, meta: dict[str, str], model_cfg, config_origin:
     want = model_cfg.model_dump(mode="json")
     if not isinstance(saved, dict):
         raise UsageProblem(f"checkpoint {path} carries no model config in its metadata")
+    # fields added since the checkpoint was written (e.g. arch) count as their defaults
+    saved = {**type(model_cfg).model_construct().model_dump(mode="json"), **saved}
     diff = sorted(k for k in set(want) | set(saved) if saved.get(k) != want.get(k))
     if diff:
         k = diff[0]
@@ -74,13 +85,26 @@ def check_same_model(path: Path, meta: dict[str, str], model_cfg, config_origin:
 
 
 def check_params(path: Path, params: dict[str, np.ndarray], model_cfg) -> None:
-    """The tensors must be exactly the ones the config's architecture needs, with float dtypes."""
+    """The tensors must be exactly the ones the config's architecture needs, with float dtypes; momentum buffers
+    (`momentum.<name>`) may come along, one per parameter with its shape, for all parameters or none."""
     want = expected_shapes(model_cfg)
+    params, state = split_optimizer_state(params)
+    if state:
+        want_state = {OPTIMIZER_PREFIX + k: v for k, v in want.items()}
+        missing = sorted(set(want_state) - set(state))
+        extra = sorted(set(state) - set(want_state))
+        if missing or extra:
+            raise UsageProblem(f"checkpoint {path} has incomplete momentum buffers: missing {missing or 'none'}, "
+                               f"unexpected {extra or 'none'}")
+        want = {**want, **want_state}
+        params = {**params, **state}
     missing = sorted(set(want) - set(params))
     extra = sorted(set(params) - set(want))
     if missing or extra:
+        conv = (f"conv {'-'.join(map(str, model_cfg.conv_channels))} + "
+                if getattr(model_cfg, "arch", "mlp") == "conv" else "")
         raise UsageProblem(
-            f"checkpoint {path} does not fit a {model_cfg.input_size}-{'-'.join(map(str, model_cfg.hidden))}-"
+            f"checkpoint {path} does not fit a {conv}{model_cfg.input_size}-{'-'.join(map(str, model_cfg.hidden))}-"
             f"{model_cfg.num_classes} network: missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
     for name, shape in want.items():

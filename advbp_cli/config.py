@@ -6,7 +6,7 @@ and a validation error is turned into one line naming the CLI option (see `OPTIO
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,13 +27,58 @@ class ModelConfig(_Strict):
     )
     num_classes: int = Field(10, gt=1)
     init_std: float = Field(0.01, gt=0, description="weights ~ N(0, init_std^2), biases 0")
+    # The convolutional network (arch = "conv"; see backends/__init__.py for the conventions). `hidden` is then the
+    # fully connected layers after the conv stack.
+    arch: Literal["mlp", "conv"] = Field("mlp", description="mlp: fully connected; conv: conv blocks, then `hidden`")
+    input_shape: Optional[tuple[int, int, int]] = Field(
+        None, description="(C, H, W) of an image; flat inputs are in this order. Required for arch conv; "
+        "input_size = C*H*W (filled in when left out)")
+    conv_channels: list[int] = Field([96, 128, 256], min_length=1, description="filters of each conv layer")
+    conv_kernel: int = Field(5, gt=0, description="k x k convolution, stride 1, zero padding k // 2 (odd k)")
+    pool_size: int = Field(3, gt=0, description="max pooling window after every conv layer")
+    pool_stride: int = Field(2, gt=0)
+    pool_mode: Literal["ceil", "pad1", "valid"] = Field(
+        "ceil", description="ceil: cuda-convnet's pooling (Srivastava et al. 2014), 32->16->8->4; pad1: pad 1 that "
+        "never wins, floor, also 32->16->8->4; valid: no padding (dfa-torch), 32->15->7->3")
 
-    @field_validator("hidden")
+    @field_validator("hidden", "conv_channels")
     @classmethod
     def _positive_sizes(cls, v):
         if any(h <= 0 for h in v):
-            raise ValueError("every hidden size must be a positive integer")
+            raise ValueError("every layer size must be a positive integer")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_size_from_shape(cls, values):
+        shape = values.get("input_shape") if isinstance(values, dict) else None
+        if isinstance(shape, (list, tuple)) and "input_size" not in values and len(shape) == 3 and \
+                all(isinstance(d, int) for d in shape):
+            values = {**values, "input_size": shape[0] * shape[1] * shape[2]}
+        return values
+
+    @model_validator(mode="after")
+    def _conv_geometry(self):
+        if self.input_shape is not None:
+            c, h, w = self.input_shape
+            if min(c, h, w) <= 0:
+                raise ValueError(f"input_shape must be positive (got {list(self.input_shape)})")
+            if c * h * w != self.input_size:
+                raise ValueError(f"input_shape {list(self.input_shape)} has {c * h * w} values but input_size is "
+                                 f"{self.input_size}")
+        if self.arch == "conv":
+            if self.input_shape is None:
+                raise ValueError("arch conv needs input_shape = [C, H, W]")
+            if self.conv_kernel % 2 == 0:
+                raise ValueError(f"conv_kernel must be odd for 'same' padding (got {self.conv_kernel})")
+            from .backends import architecture
+
+            sizes = [(h, w)] + [s[1:] for s in architecture(self).conv_outputs()]
+            if min(min(s) for s in sizes) <= 0:
+                raise ValueError(f"the images are too small for {len(self.conv_channels)} poolings of "
+                                 f"{self.pool_size}x{self.pool_size}/{self.pool_stride} ({self.pool_mode}): "
+                                 f"sizes {[list(s) for s in sizes]}")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -47,6 +92,43 @@ class TrainConfig(_Strict):
     batch_size: int = Field(10, gt=0)
     epochs: int = Field(150, gt=0)
     mean_last: int = Field(10, gt=0, description="the headline is the mean eval error of the last N epochs")
+    # CIFAR-10 (Table 3) settings; every one is off by default, which is the MNIST protocol.
+    dropout_input: float = Field(0.0, ge=0, lt=1, description="dropout rate on the input (paper: 0.1)")
+    dropout_conv: Union[float, list[float]] = Field(
+        0.0, description="dropout rate after each conv block (after pooling); one rate or one per conv layer "
+        "(paper: 0.25)")
+    dropout_fc: Union[float, list[float]] = Field(
+        0.0, description="dropout rate after each hidden fully connected layer; one rate or one per layer (paper: 0.5)")
+    adv_dropout: Literal["same", "off"] = Field(
+        "same", description="dropout while computing the adversarial perturbation: same = the masks of the "
+        "training pass (dfa-torch keeps training mode); off = no dropout in that pass")
+    momentum: float = Field(0.0, ge=0, lt=1, description="torch.optim.SGD form: v = m v + (1 - dampening) g; "
+                            "w -= lr v (v = g at the first step)")
+    dampening: float = Field(0.0, ge=0, le=1, description="momentum dampening (PyTorch default 0; Torch7's "
+                             "optim.sgd, the author's framework, defaults to dampening = momentum)")
+    weight_decay: float = Field(0.0, ge=0, description="L2: weight_decay * w added to the weight gradients "
+                                "(not the biases) before momentum")
+    max_norm: Optional[float] = Field(None, gt=0, description="after every update, scale each unit's incoming "
+                                      "weight vector (every layer, output included) back to this L2 norm")
+    schedule: Literal["constant", "halve_on_plateau"] = Field(
+        "constant", description="halve_on_plateau (paper, CIFAR-10; dfa-torch's rule): m = 0.75 m + 0.25 "
+        "train_error after each epoch (m starts at 100 %); halve lr whenever train_error >= m; stop after "
+        "max_halvings halvings or when m <= stop_train_error")
+    schedule_error: Literal["train_pass", "train_clean"] = Field(
+        "train_pass", description="the training error the schedule watches: train_pass = the error of the "
+        "mini-batches as they were learned from (on z, with dropout; dfa-torch); train_clean = the clean training "
+        "error measured after the epoch (needs eval_train_error)")
+    max_halvings: int = Field(8, ge=0, description="halve_on_plateau stops after this many halvings (paper: 8)")
+    stop_train_error: float = Field(0.01, ge=0, description="halve_on_plateau stops when the smoothed training "
+                                    "error m (percent) is at most this (paper: 0.01 %)")
+
+    @field_validator("dropout_conv", "dropout_fc")
+    @classmethod
+    def _rates(cls, v):
+        for r in v if isinstance(v, list) else [v]:
+            if not 0 <= r < 1:
+                raise ValueError(f"dropout rates must be in [0, 1) (got {r})")
+        return v
 
     @field_validator("clip")
     @classmethod
@@ -56,12 +138,24 @@ class TrainConfig(_Strict):
         return v
 
 
+# Features per image of each data set (flattened): MNIST 28x28, CIFAR-10 3x32x32 (R, G, B planes).
+DATASET_FEATURES = {"mnist": 784, "cifar10": 3072}
+
+
 class DataConfig(_Strict):
-    dataset: Literal["mnist"] = "mnist"
+    dataset: Literal["mnist", "cifar10"] = "mnist"
     eval_split: Literal["test", "validation"] = Field(
         "test",
-        description="test: train on all 60k, evaluate on the 10k test set; "
-        "validation: train on the first 50k, evaluate on the last 10k training images",
+        description="test: train on the whole training set (MNIST 60k, CIFAR-10 50k), evaluate on the 10k test set; "
+        "validation: train on all but the last 10k training images, evaluate on those 10k",
+    )
+    preprocess: Literal["scale01", "simple", "zca"] = Field(
+        "scale01",
+        description="fitted on the training split only: scale01 = x/255; simple = (x - mean) / std with one scalar "
+        "mean and std over every training pixel; zca = ZCA whitening of x/255 (cached on disk)",
+    )
+    zca_epsilon: float = Field(
+        0.01, gt=0, description="added to the covariance eigenvalues of x/255 before whitening (preprocess zca)"
     )
     train_limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     eval_limit: Optional[int] = Field(None, gt=0, description="use only the first N evaluation images")
@@ -89,6 +183,37 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _input_size_follows_dataset(cls, values):
+        # model.input_size left out: it follows the data set (so `--dataset cifar10` alone gives 3072 inputs)
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            n = DATASET_FEATURES.get(values["data"].get("dataset"))
+            model = values.get("model", {})
+            if n is not None and isinstance(model, dict) and "input_size" not in model:
+                values = {**values, "model": {**model, "input_size": n}}
+        return values
+
+    @model_validator(mode="after")
+    def _training_fits_the_model(self):
+        m, t = self.model, self.train
+        n_conv = len(m.conv_channels) if m.arch == "conv" else 0
+        for name, n, what in (("dropout_conv", n_conv, "conv layers"), ("dropout_fc", len(m.hidden), "hidden layers")):
+            v = getattr(t, name)
+            if isinstance(v, list) and len(v) != n:
+                raise ValueError(f"train.{name} has {len(v)} rates but the model has {n} {what}")
+        if t.schedule == "halve_on_plateau" and t.schedule_error == "train_clean" and not self.data.eval_train_error:
+            raise ValueError("schedule_error train_clean needs the clean training error (data.eval_train_error)")
+        return self
+
+    @model_validator(mode="after")
+    def _input_size_matches_dataset(self):
+        n = DATASET_FEATURES[self.data.dataset]
+        if self.model.input_size != n:
+            raise ValueError(f"model.input_size is {self.model.input_size}, but {self.data.dataset} images have {n} "
+                             f"features; set input_size = {n} (or leave it out) in the model section")
+        return self
+
 
 # Where each config field comes from on the command line, so errors name the option the user typed.
 OPTION_FOR_FIELD = {
@@ -104,7 +229,10 @@ OPTION_FOR_FIELD = {
     ("train", "batch_size"): "--batch-size",
     ("train", "epochs"): "--epochs",
     ("train", "mean_last"): "--mean-last",
+    ("data", "dataset"): "--dataset",
     ("data", "eval_split"): "--eval-split",
+    ("data", "preprocess"): "--preprocess",
+    ("data", "zca_epsilon"): "--zca-epsilon",
     ("data", "train_limit"): "--train-limit",
     ("data", "eval_limit"): "--eval-limit",
     ("data", "eval_train_error"): "--eval-train-error",

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from .backends import load_backend
-from .checkpoint import check_params, check_same_model, read_checkpoint
+from .checkpoint import check_params, check_same_model, expected_shapes, read_checkpoint, split_optimizer_state
 from .config import RunConfig
 from .errors import UsageProblem
-from .rng import init_params, layer_sizes
+from .rng import init_from_shapes
 from .rundir import CHECKPOINT, RunDir
 
 
@@ -29,8 +29,8 @@ def build_backend(cfg: RunConfig, backend: str | None = None, device: str | None
 
 
 def fresh_params(cfg: RunConfig) -> dict:
-    m = cfg.model
-    return init_params(layer_sizes(m.input_size, m.hidden, m.num_classes), m.init_std, cfg.runtime.seed)
+    """The paper's init, N(0, init_std^2) weights and zero biases, for any architecture (conv layers first)."""
+    return init_from_shapes(expected_shapes(cfg.model), cfg.model.init_std, cfg.runtime.seed)
 
 
 def load_network(source: str | Path, backend: str | None = None, device: str | None = None, dtype: str | None = None):
@@ -65,6 +65,20 @@ def load_network(source: str | Path, backend: str | None = None, device: str | N
     check_params(ckpt, params, cfg.model)
     if source.is_dir():
         check_same_model(ckpt, meta, cfg.model, origin)
+    params, _ = split_optimizer_state(params)
     net = build_backend(cfg, backend, device, dtype or str(params["layers.0.weight"].dtype))
     net.set_params(params)
     return net, cfg, ckpt, meta
+
+
+def require_device(device: str | None) -> None:
+    """Fails early, before anything is printed or written, when --device cuda is asked for on a machine where
+    torch sees no CUDA device (torch is imported only in that case)."""
+    if device != "cuda":
+        return
+    from .backends.torch import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None

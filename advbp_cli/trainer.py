@@ -14,15 +14,17 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoint import check_params, check_same_model, read_checkpoint, save_checkpoint
+from .backends import architecture, uses_dropout
+from .checkpoint import check_params, check_same_model, read_checkpoint, save_checkpoint, split_optimizer_state
 from .config import RunConfig
 from .data import load_splits
 from .errors import TrainingDiverged, UsageProblem
 from .evaluate import evaluate_arrays, mean_last_epochs
 from .networks import build_backend, fresh_params
 from .provenance import provenance
-from .rng import epoch_permutation
+from .rng import DropoutMasks, epoch_permutation
 from .rundir import RunDir
+from .schedule import ScheduleState, after_epoch
 
 STEPS_PER_BLOCK = 500  # progress and NaN checks happen between blocks
 
@@ -99,10 +101,11 @@ def _interrupted_message(run: RunDir, saved: int, epochs: int) -> str:
             f"(checkpoint and metrics; epoch {saved + 1} starts again). {hint}")
 
 
-def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir) -> str:
+def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir, lr: float | None = None) -> str:
     kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.path}" if epoch > 0 else
             f"no checkpoint was written (epoch 1 diverged; {run.path} holds only the config)")
-    return (f"training diverged: {what} in epoch {epoch + 1} with learning rate {cfg.train.lr} (--lr); {kept}. "
+    lr_now = cfg.train.lr if lr is None else lr
+    return (f"training diverged: {what} in epoch {epoch + 1} with learning rate {lr_now} (--lr); {kept}. "
             f"The learning rate is the likely cause (or a large --init-std, now {cfg.model.init_std}): "
             "try a smaller --lr")
 
@@ -115,10 +118,15 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     backend = build_backend(cfg)
     metrics: list[dict] = []
     start_epoch = 0
+    opt_state: dict = {}
+    sched = ScheduleState.start(cfg.train)
     if resume and run.checkpoint_path.is_file():
         params, meta = read_checkpoint(run.checkpoint_path)
         check_params(run.checkpoint_path, params, cfg.model)
         check_same_model(run.checkpoint_path, meta, cfg.model, str(run.config_path))
+        params, opt_state = split_optimizer_state(params)
+        if "schedule" in meta:
+            sched = ScheduleState.from_json(meta["schedule"], str(run.checkpoint_path))
         start_epoch = int(meta.get("epoch", 0))
         metrics = run.read_metrics()[:start_epoch]
         if len(metrics) != start_epoch:
@@ -139,6 +147,7 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     if resume:  # extending a complete run: it is not complete again until the new summary is written
         run.summary_path.unlink(missing_ok=True)
     backend.set_params(params)
+    backend.set_optimizer_state(opt_state)
 
     tc = cfg.train
     n = len(train_split.x)
@@ -147,32 +156,49 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     rep.start(start_epoch, tc.epochs, steps_per_epoch)
     # Overflow is checked for explicitly (TrainingDiverged below), so numpy's overflow warnings would only be noise.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        summary = _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep)
+        summary = _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched)
     return summary
 
 
-def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep) -> dict:
+def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched) -> dict:
     tc = cfg.train
     n = len(train_split.x)
     t_run = time.perf_counter()
     saved = start_epoch  # the epoch of the checkpoint on disk
+    dropout = uses_dropout(architecture(cfg.model), tc)
+    # the error of the batches as they were learned from: measured only when the schedule watches it
+    count_errors = tc.schedule != "constant" and tc.schedule_error == "train_pass"
     try:
         for epoch in range(start_epoch, tc.epochs):
+            if sched.stop_reason:  # the schedule ended this run already (a resume of a finished run)
+                break
             t0 = time.perf_counter()
-            loss_sum, steps = 0.0, 0
+            spec = tc if sched.lr == tc.lr else tc.model_copy(update={"lr": sched.lr})
+            loss_sum, steps, wrong = 0.0, 0, 0
             for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size):
-                losses = backend.train_steps(xd, yd, block, tc)
+                extra = {}
+                if dropout:
+                    extra["masks"] = DropoutMasks(cfg.runtime.seed, epoch, steps)
+                if count_errors:
+                    extra["errors"] = np.zeros(len(block), dtype=np.int64)
+                losses = backend.train_steps(xd, yd, block, spec, **extra)
                 if not np.isfinite(losses).all():
                     bad = steps + int(np.argmin(np.isfinite(losses)))
-                    raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}", epoch, cfg, run))
+                    raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}",
+                                                             epoch, cfg, run, sched.lr))
                 loss_sum += float(losses.sum())
+                wrong += int(extra["errors"].sum()) if count_errors else 0
                 steps += len(losses)
                 rep.steps(len(losses), float(losses.mean()))
             params_now = backend.get_params()
             if not _finite_params(params_now):
-                raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run))
+                raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run, sched.lr))
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
+            if tc.schedule != "constant":
+                row["lr"] = sched.lr
+            if count_errors:
+                row["train_pass_error"] = 100.0 * wrong / max(n, 1)
             if cfg.data.eval_train_error:
                 ev = evaluate_arrays(backend, train_split.x, train_split.y)
                 row["train_error"] = ev.error
@@ -180,15 +206,22 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
             ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
             row.update(eval_error=ev.error, eval_loss=ev.loss, train_seconds=train_seconds,
                        seconds=time.perf_counter() - t0)
+            watched = row.get("train_pass_error" if tc.schedule_error == "train_pass" else "train_error")
+            sched = after_epoch(sched, tc, watched)
             metrics.append(row)
+            tensors = {**params_now, **backend.get_optimizer_state()}
             # metrics first, then the checkpoint: on resume the checkpoint's epoch decides, and extra lines are dropped
             with _sigint_deferred():
                 run.write_metrics(metrics)
-                save_checkpoint(run.checkpoint_path, params_now, cfg.model_dump(mode="json"), epoch + 1)
+                save_checkpoint(run.checkpoint_path, tensors, cfg.model_dump(mode="json"), epoch + 1,
+                                extra={"schedule": sched.to_json()})
                 saved = epoch + 1
             rep.epoch_end(row)
+            if sched.stop_reason:
+                rep.log(f"stopping after epoch {epoch + 1}: {sched.stop_reason}")
+                break
 
-        summary = summarize(cfg, metrics, eval_split.name, time.perf_counter() - t_run)
+        summary = summarize(cfg, metrics, eval_split.name, time.perf_counter() - t_run, sched.stop_reason)
         run.write_summary(summary)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_message(run, saved, tc.epochs)) from None
@@ -202,7 +235,7 @@ def _resume_note() -> dict:
     return {"command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float) -> dict:
+def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float, stop_reason: str | None = None) -> dict:
     from . import presets
 
     n = cfg.train.mean_last
@@ -217,6 +250,7 @@ def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: floa
         },
         "final_epoch": metrics[-1] if metrics else None,
         "epochs_completed": len(metrics),
+        "stopped": stop_reason or f"the epoch cap ({cfg.train.epochs} epochs)",
         "paper": paper,
         "preset": cfg.preset,
         "seed": cfg.runtime.seed,

@@ -276,13 +276,19 @@ def test_existing_sets_need_overwrite(cli, data_dir, runs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ refusals
-def test_mismatched_input_shape_refused(cli, data_dir, npz_sets, tmp_path):
-    model = small_model(hidden=(8,), input_size=100)
-    ckpt = _checkpoint(tmp_path / "small.safetensors", fresh(model), input_size=100, hidden=[8])
-    r = cli(["eval", str(ckpt), "--attack-set", str(npz_sets["clip"] / "fgsm-eps0.25.npz"), "--limit", "10",
-             "--data-dir", str(data_dir)])
+def test_mismatched_input_shape_refused(cli, data_dir, npz_sets, runs, tmp_path):
+    """A set whose images do not have the model's input size (here cut to 100 features) is refused. (A config
+    with a model of another input size than its dataset cannot be built any more: RunConfig refuses it.)"""
+    src = npz_sets["clip"] / "fgsm-eps0.25.npz"
+    with np.load(src, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["x"] = np.ascontiguousarray(arrays["x"][:, :100])
+    bad = tmp_path / "narrow.npz"
+    np.savez(bad, **arrays)
+    r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
     assert r.exit_code == 2, r.stderr
-    assert "inputs of size 784" in r.stderr and "size 100" in r.stderr and "Traceback" not in r.stderr
+    assert "784" in r.stderr and "100" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_mismatched_dataset_refused(cli, data_dir, npz_sets, runs, tmp_path):

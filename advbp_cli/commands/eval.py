@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..data.mnist import load_mnist
 from ..data.paths import resolve_data_dir
-from ..data.splits import split_of
+from ..data.splits import load_raw, split_of
 from ..errors import UsageProblem
 from ..evaluate import evaluate_arrays, hidden_sparsity
 from ..networks import load_network
@@ -60,7 +59,9 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     models = [(src, *load_network(src, backend=backend, device=device)) for src in sources]
     labels = _labels(sources)
     data_path, _ = resolve_data_dir(data_dir)
-    raw = load_mnist(data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    raws = {ds: load_raw(ds, data_path, download=not no_download, log=log)
+            for ds in dict.fromkeys(cfg.data.dataset for _, _, cfg, _, _ in models)}
 
     # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
     set_cache: dict = {}
@@ -74,6 +75,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
                     set_cache[key] = load_set(path, dtype=net.dtype)
                 check_compatible(set_cache[key], cfg, str(src))
     for src, net, cfg, _, _ in models:
+        raw = raws[cfg.data.dataset]
         if cfg.model.input_size != raw["x_train"].shape[1]:
             raise UsageProblem(f"{src} takes inputs of size {cfg.model.input_size}, but {cfg.data.dataset} images "
                                f"have {raw['x_train'].shape[1]} pixels")
@@ -82,7 +84,9 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     for label, (src, net, cfg, ckpt, meta) in zip(labels, models):
         name = split or cfg.data.eval_split
         # In a validation-mode run, `train` means the 50k the network was trained on.
-        data = split_of(raw, name, cfg.data.eval_split, net.dtype, limit)
+        # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
+        data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, data_cfg=cfg.data,
+                        data_dir=data_path, log=log)
         ev = evaluate_arrays(net, data.x, data.y)
         result = {
             "source": str(src),

@@ -13,6 +13,7 @@ from .. import sweep as sw
 from ..data.mnist import ensure_files
 from ..data.paths import resolve_data_dir
 from ..errors import TrainingDiverged, UsageProblem
+from ..networks import require_device
 from .common import data_dir_option, emit_json, json_option
 
 # CLI option -> config (section, field), applied to every run of the sweep.
@@ -73,6 +74,8 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as
         return
 
     executor = executors.make_executor(executor_name, address, cpus_per_run, gpus_per_run)
+    if executor_name == "local":  # a Ray cluster's GPUs live on other nodes; only a local run can be checked here
+        require_device(options.get("device"))
     sweep_dir, request = sw.plan(list(targets), seeds, _overrides(options), out, resume)
     data_path, _ = resolve_data_dir(data_dir)
     # Data problems are found before anything is written, so a failed start leaves no sweep directory behind.

@@ -11,7 +11,7 @@ import click
 
 from .. import presets
 from ..config import RunConfig, build_config
-from ..data.mnist import ensure_files
+from ..data.splits import ensure_dataset
 from ..data.paths import resolve_data_dir
 from ..errors import UsageProblem
 from ..rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, RunDir
@@ -31,7 +31,10 @@ OVERRIDES = {
     "batch_size": ("train", "batch_size"),
     "epochs": ("train", "epochs"),
     "mean_last": ("train", "mean_last"),
+    "dataset": ("data", "dataset"),
     "eval_split": ("data", "eval_split"),
+    "preprocess": ("data", "preprocess"),
+    "zca_epsilon": ("data", "zca_epsilon"),
     "train_limit": ("data", "train_limit"),
     "eval_limit": ("data", "eval_limit"),
     "eval_train_error": ("data", "eval_train_error"),
@@ -84,8 +87,13 @@ def overrides_from(options: dict) -> dict:
 @click.option("--activation", type=click.Choice(["logistic", "tanh", "relu"]), default=None)
 @click.option("--output", type=click.Choice(["sigmoid_bce", "softmax_ce"]), default=None)
 @click.option("--init-std", type=float, default=None)
+@click.option("--dataset", type=click.Choice(["mnist", "cifar10"]), default=None, help="Default: mnist.")
 @click.option("--eval-split", type=click.Choice(["test", "validation"]), default=None,
-              help="test: train on 60k, eval on test; validation: train on the first 50k, eval on the last 10k.")
+              help="test: train on all training images, eval on test; validation: hold out the last 10k training "
+                   "images and eval on them.")
+@click.option("--preprocess", type=click.Choice(["scale01", "simple", "zca"]), default=None,
+              help="Fitted on the training split: x/255 (default), one scalar mean/std, or ZCA whitening (cached).")
+@click.option("--zca-epsilon", type=float, default=None, help="ZCA regulariser added to the eigenvalues (0.01).")
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training images (smoke runs).")
 @click.option("--eval-limit", type=int, default=None, help="Use only the first N evaluation images.")
 @click.option("--eval-train-error/--no-eval-train-error", default=None,
@@ -110,7 +118,7 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
         run = RunDir(out_path)
     data_path, _ = resolve_data_dir(data_dir)
     # Data problems are found before anything is written, so a failed start leaves no run directory behind.
-    ensure_files(data_path, download=not no_download, log=_log)
+    ensure_dataset(cfg.data.dataset, data_path, download=not no_download, log=_log)
 
     created = not run.path.exists()
     run.lock()  # first, so a run in progress is reported as such (not as "already holds a run")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import Backend
+from .. import Backend, architecture, dropout_sites, uses_dropout
 from . import step as _step
+from .layers import dropout_mask
 from .losses import loss_and_grad
+
+EVAL_CHUNK_CONV = 250  # im2col of a conv net grows with the batch: evaluate conv nets in chunks of this many
 
 
 class NumpyBackend(Backend):
@@ -17,46 +20,88 @@ class NumpyBackend(Backend):
             raise ValueError("the numpy backend runs on the CPU only")
         super().__init__(model, dtype, "cpu")
         self._dtype = np.dtype(dtype)
+        self.arch = architecture(model)
         self.params: _step.Params = []
+        self.velocity: list = []
 
     def set_params(self, params):
-        n = len(params) // 2
         self.params = [
-            (
-                np.array(params[f"layers.{i}.weight"], dtype=self._dtype, order="C"),
-                np.array(params[f"layers.{i}.bias"], dtype=self._dtype),
-            )
-            for i in range(n)
+            (np.array(params[wn], dtype=self._dtype, order="C"), np.array(params[bn], dtype=self._dtype))
+            for wn, bn in self.arch.layer_names()
         ]
+        self.velocity = [None] * len(self.params)
 
     def get_params(self):
         out = {}
-        for i, (w, b) in enumerate(self.params):
-            out[f"layers.{i}.weight"] = w.copy()
-            out[f"layers.{i}.bias"] = b.copy()
+        for (wn, bn), (w, b) in zip(self.arch.layer_names(), self.params):
+            out[wn] = w.copy()
+            out[bn] = b.copy()
         return out
+
+    def get_optimizer_state(self):
+        out = {}
+        for (wn, bn), v in zip(self.arch.layer_names(), self.velocity):
+            if v is not None:
+                out[f"momentum.{wn}"] = v[0].copy()
+                out[f"momentum.{bn}"] = v[1].copy()
+        return out
+
+    def set_optimizer_state(self, state):
+        self.velocity = [
+            (np.array(state[f"momentum.{wn}"], dtype=self._dtype), np.array(state[f"momentum.{bn}"], dtype=self._dtype))
+            if f"momentum.{wn}" in state else None
+            for wn, bn in self.arch.layer_names()
+        ]
 
     def asarray(self, x, *, labels=False):
         return np.ascontiguousarray(x, dtype=np.int64 if labels else self._dtype)
 
-    def train_steps(self, x, y, batches, step):
+    def _masks(self, masks, k, step, n):
+        if not uses_dropout(self.arch, step):
+            return None
+        if masks is None:
+            raise ValueError("this step uses dropout: train_steps needs a mask source")
+        sites = dropout_sites(self.arch, step, n)
+        keep = masks.masks(k, sites)
+        return [None if kp is None else dropout_mask(kp, rate, self._dtype) for kp, (_, rate) in zip(keep, sites)]
+
+    def train_steps(self, x, y, batches, step, masks=None, errors=None):
+        if len(self.velocity) != len(self.params):
+            self.velocity = [None] * len(self.params)
         losses = np.empty(len(batches))
         for k, idx in enumerate(batches):
-            losses[k] = _step.train_step(self.params, x[idx], y[idx], self.model, step)
+            m = self._masks(masks, k, step, len(idx))
+            losses[k], wrong = _step.train_step(self.params, x[idx], y[idx], self.model, step, m, self.velocity)
+            if errors is not None:
+                errors[k] = wrong
         return losses
 
+    def _chunks(self, n):
+        if not self.arch.n_conv or n <= EVAL_CHUNK_CONV:
+            return [slice(None)]
+        return [slice(s, s + EVAL_CHUNK_CONV) for s in range(0, n, EVAL_CHUNK_CONV)]
+
+    def _forward(self, x):
+        return _step.forward(self.params, x, self.model.activation, arch=self.arch)
+
     def logits(self, x):
-        return _step.forward(self.params, x, self.model.activation)[1]
+        parts = [self._forward(x[c])[1] for c in self._chunks(len(x))]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
     def loss_per_sample(self, x, y):
         return loss_and_grad(self.model.output, self.logits(x), y)[0]
 
     def input_gradient(self, x, y):
-        return _step.input_gradient(self.params, x, y, self.model)
+        if not self.arch.n_conv:
+            return _step.input_gradient(self.params, x, y, self.model)
+        # per chunk, dJ/dx of the chunk mean, rescaled to the mean over the whole batch
+        n = len(x)
+        return np.concatenate([_step.input_gradient(self.params, x[c], y[c], self.model)
+                               * np.asarray(len(x[c]) / n, self._dtype) for c in self._chunks(n)])
 
     def hidden_activations(self, x):
-        layer_inputs, _ = _step.forward(self.params, x, self.model.activation)
-        return layer_inputs[1:]
+        parts = [self._forward(x[c])[0].acts[self.arch.n_conv:] for c in self._chunks(len(x))]
+        return [np.concatenate(layer) for layer in zip(*parts)]
 
 
 BACKEND = NumpyBackend

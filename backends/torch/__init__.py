@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import Backend
+from .. import Backend, architecture, dropout_sites, uses_dropout
 from . import step as _step
+from .layers import dropout_mask
 from .losses import loss_and_grad
+
+EVAL_CHUNK_CONV = {"cpu": 500, "cuda": 5000}  # conv activations grow with the batch: evaluate in chunks
 
 
 def resolve_device(device: str) -> str:
@@ -28,53 +31,102 @@ class TorchBackend(Backend):
         # TF32 changes results, so it is off unless asked for (and then recorded in the run's config).
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
+        self.arch = architecture(model)
         self.params: _step.Params = []
+        self.velocity: list = []
+
+    def _tensor(self, a):
+        return torch.tensor(np.asarray(a), dtype=self._dtype, device=self._device)
 
     def set_params(self, params):
-        n = len(params) // 2
-        self.params = [
-            (
-                torch.tensor(np.asarray(params[f"layers.{i}.weight"]), dtype=self._dtype, device=self._device),
-                torch.tensor(np.asarray(params[f"layers.{i}.bias"]), dtype=self._dtype, device=self._device),
-            )
-            for i in range(n)
-        ]
+        self.params = [(self._tensor(params[wn]), self._tensor(params[bn])) for wn, bn in self.arch.layer_names()]
+        self.velocity = [None] * len(self.params)
 
     def get_params(self):
         out = {}
-        for i, (w, b) in enumerate(self.params):
-            out[f"layers.{i}.weight"] = w.detach().cpu().numpy().copy()
-            out[f"layers.{i}.bias"] = b.detach().cpu().numpy().copy()
+        for (wn, bn), (w, b) in zip(self.arch.layer_names(), self.params):
+            out[wn] = w.detach().cpu().numpy().copy()
+            out[bn] = b.detach().cpu().numpy().copy()
         return out
+
+    def get_optimizer_state(self):
+        out = {}
+        for (wn, bn), v in zip(self.arch.layer_names(), self.velocity):
+            if v is not None:
+                out[f"momentum.{wn}"] = v[0].detach().cpu().numpy().copy()
+                out[f"momentum.{bn}"] = v[1].detach().cpu().numpy().copy()
+        return out
+
+    def set_optimizer_state(self, state):
+        self.velocity = [
+            (self._tensor(state[f"momentum.{wn}"]), self._tensor(state[f"momentum.{bn}"]))
+            if f"momentum.{wn}" in state else None
+            for wn, bn in self.arch.layer_names()
+        ]
 
     def asarray(self, x, *, labels=False):
         return torch.as_tensor(np.asarray(x), dtype=torch.int64 if labels else self._dtype, device=self._device)
 
+    def _masks(self, masks, k, step, n):
+        if not uses_dropout(self.arch, step):
+            return None
+        if masks is None:
+            raise ValueError("this step uses dropout: train_steps needs a mask source")
+        sites = dropout_sites(self.arch, step, n)
+        keep = masks.masks(k, sites)
+        return [None if kp is None else dropout_mask(torch.as_tensor(kp).to(self._device, non_blocking=True), rate,
+                                                     self._dtype)
+                for kp, (_, rate) in zip(keep, sites)]
+
     @torch.no_grad()
-    def train_steps(self, x, y, batches, step):
+    def train_steps(self, x, y, batches, step, masks=None, errors=None):
+        if len(self.velocity) != len(self.params):
+            self.velocity = [None] * len(self.params)
         idx_all = torch.as_tensor(np.asarray(batches), dtype=torch.int64, device=self._device)
-        losses = []
-        for idx in idx_all:
-            losses.append(_step.train_step(self.params, x.index_select(0, idx), y.index_select(0, idx), self.model, step))
+        losses, wrongs = [], []
+        for k, idx in enumerate(idx_all):
+            m = self._masks(masks, k, step, len(idx))
+            loss, wrong = _step.train_step(self.params, x.index_select(0, idx), y.index_select(0, idx), self.model,
+                                           step, m, self.velocity)
+            losses.append(loss)
+            wrongs.append(wrong)
+        if errors is not None:
+            errors[: len(wrongs)] = torch.stack(wrongs).cpu().numpy()
         return torch.stack(losses).double().cpu().numpy()
+
+    def _chunks(self, n):
+        size = EVAL_CHUNK_CONV.get(self._device.type, 500)
+        if not self.arch.n_conv or n <= size:
+            return [slice(None)]
+        return [slice(s, s + size) for s in range(0, n, size)]
+
+    def _forward(self, x):
+        return _step.forward(self.params, x, self.model.activation, arch=self.arch)
+
+    def _logits(self, x):
+        parts = [self._forward(x[c])[1] for c in self._chunks(len(x))]
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
 
     @torch.no_grad()
     def logits(self, x):
-        return _step.forward(self.params, x, self.model.activation)[1].cpu().numpy()
+        return self._logits(x).cpu().numpy()
 
     @torch.no_grad()
     def loss_per_sample(self, x, y):
-        logits = _step.forward(self.params, x, self.model.activation)[1]
-        return loss_and_grad(self.model.output, logits, y)[0].cpu().numpy()
+        return loss_and_grad(self.model.output, self._logits(x), y)[0].cpu().numpy()
 
     @torch.no_grad()
     def input_gradient(self, x, y):
-        return _step.input_gradient(self.params, x, y, self.model).cpu().numpy()
+        if not self.arch.n_conv:
+            return _step.input_gradient(self.params, x, y, self.model).cpu().numpy()
+        n = len(x)
+        return torch.cat([_step.input_gradient(self.params, x[c], y[c], self.model) * (len(x[c]) / n)
+                          for c in self._chunks(n)]).cpu().numpy()
 
     @torch.no_grad()
     def hidden_activations(self, x):
-        layer_inputs, _ = _step.forward(self.params, x, self.model.activation)
-        return [h.cpu().numpy() for h in layer_inputs[1:]]
+        parts = [self._forward(x[c])[0].acts[self.arch.n_conv:] for c in self._chunks(len(x))]
+        return [torch.cat(layer).cpu().numpy() for layer in zip(*parts)]
 
 
 BACKEND = TorchBackend
