@@ -82,7 +82,10 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--sizes", default="400,800,1200")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     x = rng.random((60000, 784), dtype=np.float32)
     y = rng.integers(0, 10, 60000)

@@ -4,7 +4,7 @@ Checkpoints are safetensors read without pickle. A pickle (or a torch.save zip) 
 must not run its payload; wrong shapes, dtypes, missing or extra tensors, NaN, missing or wrong metadata, and a
 config.json that does not match the checkpoint are each refused with a message saying what is wrong. Every case
 goes through the real entry point: `advbp eval RUN_DIR`, `advbp eval CHECKPOINT_FILE` and `advbp train --resume`.
-(CIFAR batches are not read by advbp yet, so there is no CIFAR pickle case.)
+(CIFAR-10 python batches are unpickled only by the restricted unpickler; the hostile-pickle case is in test_cifar10_data.py.)
 """
 
 from __future__ import annotations
