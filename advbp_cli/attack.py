@@ -82,9 +82,13 @@ def split_checksum(raw: dict, split) -> str:
     return h.hexdigest()
 
 
+# Images in each data set's training file (the validation split is the last 10 000 of them).
+TRAIN_FILE_SIZES = {"mnist": 60_000, "cifar10": 50_000}
+
+
 def training_indices(cfg) -> tuple[str, int]:
     """(file, n): a run was trained on the first n images of the `file` ("train") data."""
-    n = 60_000 - (10_000 if cfg.data.eval_split == "validation" else 0)
+    n = TRAIN_FILE_SIZES.get(cfg.data.dataset, 60_000) - (10_000 if cfg.data.eval_split == "validation" else 0)
     if cfg.data.train_limit is not None:
         n = min(n, cfg.data.train_limit)
     return "train", n
@@ -98,6 +102,62 @@ def overlap_with_training(cfg, manifest: dict, indices: np.ndarray) -> int:
     if source != file:
         return 0
     return int((indices < n).sum())
+
+
+# ------------------------------------------------------------------------------------------------ clipping
+@dataclass
+class ClipRule:
+    """Where FGSM inputs are clipped for a run's preprocessing: `range` (lo, hi) in the network's input units, or
+    None, and a sentence saying why (recorded in manifests and printed on stderr when it is not [0, 1])."""
+
+    range: tuple[float, float] | None
+    rule: str
+
+
+def pixel_box(preprocess: dict | None) -> tuple[float, float] | None:
+    """The image of the pixel box [0, 1] (x/255) under the preprocessing, where it is a box: scale01 -> [0, 1];
+    simple ((255 u - m) / s with scalar m, s in 0-255 units) -> [-m/s, (255 - m)/s]; zca -> None (the image of
+    [0, 1]^d under whitening is a rotated, sheared box, so no per-coordinate range is the image of the pixel box)."""
+    kind = (preprocess or {}).get("kind", "scale01")
+    if kind == "scale01":
+        return 0.0, 1.0
+    if kind == "simple":
+        m, s = float(preprocess["mean"]), float(preprocess["std"])
+        return -m / s, (255.0 - m) / s
+    return None
+
+
+def clip_rule(preprocess: dict | None, clip: bool | None, option: str = "--clip") -> ClipRule:
+    """The clipping of FGSM inputs for a run's preprocessing. `clip` None (the default) clips to the image of the
+    pixel box [0, 1] where that is a box (scale01, simple) and does not clip ZCA inputs; True asks for that box and
+    is refused for ZCA; False never clips."""
+    kind = (preprocess or {}).get("kind", "scale01")
+    box = pixel_box(preprocess)
+    if clip is False:
+        return ClipRule(None, f"not clipped ({option.replace('--', '--no-', 1)})")
+    if box is None:
+        if clip:
+            raise UsageProblem(f"{option}: {kind} inputs cannot be clipped to the pixel range (the image of [0, 1] "
+                               f"under {kind} whitening is not a box); leave {option} out, or give "
+                               f"{option.replace('--', '--no-', 1)}")
+        return ClipRule(None, f"not clipped: {kind} inputs have no per-coordinate image of the pixel range [0, 1] "
+                              f"(whitening rotates the pixel box), so FGSM sets of {kind} runs are left unclipped")
+    if kind == "scale01":
+        return ClipRule(box, "clipped to the pixel range [0, 1]")
+    return ClipRule(box, f"clipped to [{box[0]:.6g}, {box[1]:.6g}], the image of the pixel range [0, 1] under "
+                         f"{kind} preprocessing ((255 u - {preprocess['mean']:.6g}) / {preprocess['std']:.6g})")
+
+
+def preprocess_identity(preprocess: dict | None) -> dict:
+    """What makes two preprocessings the same transform: the kind and its fitted parameters (simple: mean and
+    std; zca: the cache key over the training pixels, eps and the computation's version)."""
+    p = preprocess or {"kind": "scale01"}
+    kind = p.get("kind", "scale01")
+    if kind == "simple":
+        return {"kind": kind, "mean": p.get("mean"), "std": p.get("std")}
+    if kind == "zca":
+        return {"kind": kind, "key": p.get("key"), "epsilon": p.get("epsilon")}
+    return {"kind": kind}
 
 
 # ------------------------------------------------------------------------------------------------ the gradient

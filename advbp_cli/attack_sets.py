@@ -176,6 +176,9 @@ def _check_manifest(manifest, path: Path) -> dict:
         bad("files", "an object of file names in the set's folder")
     if manifest.get("source_error") is not None and not number(manifest["source_error"]):
         bad("source_error", "a number")
+    prep = manifest.get("preprocess")
+    if prep is not None and not (isinstance(prep, dict) and isinstance(prep.get("kind"), str)):
+        bad("preprocess", "an object with a kind")
     if manifest.get("source") is not None and not isinstance(manifest["source"], dict):
         bad("source", "an object")
     if manifest.get("input_shape") is not None and not (
@@ -283,14 +286,45 @@ def sets_in_dir(folder: str | Path) -> list[Path]:
     return [folder / s["manifest"] for s in sorted(sets, key=lambda s: s["eps"])]
 
 
-def check_compatible(aset: AttackSet, cfg, model_label: str) -> None:
-    """Refuses a set the model cannot be evaluated on: other data set, other input shape, labels out of range."""
+def same_preprocessing(a: dict | None, b: dict | None) -> bool:
+    """Whether two preprocessings (Preprocessor.describe() dicts; None = a set from before preprocessing was
+    recorded, i.e. scale01) are the same transform: same kind and fitted parameters."""
+    import math
+
+    from .attack import preprocess_identity
+
+    ia, ib = preprocess_identity(a), preprocess_identity(b)
+    if ia.keys() != ib.keys():
+        return False
+    for k in ia:
+        va, vb = ia[k], ib[k]
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+            if not math.isclose(va, vb, rel_tol=1e-12, abs_tol=0.0):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+def check_compatible(aset: AttackSet, cfg, model_label: str, preprocess: dict | None = None) -> None:
+    """Refuses a set the model cannot be evaluated on: other data set, other preprocessing (kind or fitted
+    parameters; checked when `preprocess`, the model's fitted Preprocessor.describe(), is given), other input
+    shape, labels out of range."""
     ds = aset.manifest.get("dataset", {})
     name = ds.get("name") if isinstance(ds, dict) else None
     if name != cfg.data.dataset:
         raise UsageProblem(
             f"attack set {aset.path} was made from data set {name!r}, but {model_label} is a {cfg.data.dataset!r} model"
         )
+    if preprocess is not None and not same_preprocessing(aset.manifest.get("preprocess"), preprocess):
+        from .attack import preprocess_identity
+
+        theirs = preprocess_identity(aset.manifest.get("preprocess"))
+        ours = preprocess_identity(preprocess)
+        what = (f"{theirs['kind']} inputs" if theirs["kind"] != ours["kind"] else
+                f"{theirs['kind']} inputs fitted differently ({_fit_text(theirs)} against {_fit_text(ours)})")
+        raise UsageProblem(f"attack set {aset.path} holds {what}, but {model_label} takes {ours['kind']} inputs "
+                           f"({_fit_text(ours)}); its inputs mean other pixels to this model")
     if aset.x.shape[1] != cfg.model.input_size:
         raise UsageProblem(
             f"attack set {aset.path} has inputs of size {aset.x.shape[1]}, but {model_label} takes inputs of size "
@@ -303,3 +337,14 @@ def check_compatible(aset: AttackSet, cfg, model_label: str) -> None:
         raise UsageProblem(
             f"attack set {aset.path} has labels outside 0..{cfg.model.num_classes - 1}, the classes of {model_label}"
         )
+
+
+def _fit_text(identity: dict) -> str:
+    def g(v):
+        return f"{v:.6g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+
+    if identity["kind"] == "simple":
+        return f"mean {g(identity['mean'])}, std {g(identity['std'])}"
+    if identity["kind"] == "zca":
+        return f"eps {identity.get('epsilon')}, key {str(identity.get('key'))[:12]}"
+    return "x/255"

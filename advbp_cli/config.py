@@ -218,6 +218,7 @@ class RunConfig(_Strict):
 # Where each config field comes from on the command line, so errors name the option the user typed.
 OPTION_FOR_FIELD = {
     ("model", "hidden"): "--hidden",
+    ("model", "conv_channels"): "--conv-channels",
     ("model", "activation"): "--activation",
     ("model", "output"): "--output",
     ("model", "init_std"): "--init-std",

@@ -147,34 +147,56 @@ def error_curves(curves: list[Curve], path: Path, fmt: str) -> tuple[int, int]:
     return _save(fig, path, fmt)
 
 
-def weight_mosaic(weights: np.ndarray, n_tiles: int) -> np.ndarray:
-    """The first n_tiles columns of a (side*side, hidden) weight matrix as one image of side x side tiles, each
-    scaled to [-1, 1] by its own largest |w|; NaN between tiles (drawn as background)."""
+def weight_mosaic(weights: np.ndarray, n_tiles: int, tile_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The first n_tiles columns of a (C*H*W, units) weight matrix (each column in (C, H, W) order) as one image
+    of H x W tiles, each scaled to [-1, 1] by its own largest |w| over all its channels (so 0 stays 0 and the
+    channels keep their relative sizes); NaN between tiles (drawn as background). Without `tile_shape` the tiles
+    are square, one channel. C = 1 gives a 2-D (grey) image, C = 3 an (h, w, 3) image whose planes are R, G, B."""
     fan_in, hidden = weights.shape
-    side = math.isqrt(fan_in)
+    if tile_shape is None:
+        side = math.isqrt(fan_in)
+        tile_shape = (1, side, side)
+    ch, th, tw = tile_shape
+    if ch * th * tw != fan_in:
+        raise ValueError(f"tiles of shape {tile_shape} need {ch * th * tw} weights per unit, not {fan_in}")
     k = min(n_tiles, hidden)
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
-    cell = side + PAD
-    img = np.full((rows * cell - PAD, cols * cell - PAD), np.nan)
+    img = np.full((rows * (th + PAD) - PAD, cols * (tw + PAD) - PAD, ch), np.nan)
     for i in range(k):
         w = weights[:, i].astype(np.float64)
         scale = np.abs(w).max()
-        tile = (w / scale if scale > 0 else w).reshape(side, side)
+        tile = (w / scale if scale > 0 else w).reshape(ch, th, tw).transpose(1, 2, 0)
         r, c = divmod(i, cols)
-        img[r * cell : r * cell + side, c * cell : c * cell + side] = tile
-    return img
+        img[r * (th + PAD) : r * (th + PAD) + th, c * (tw + PAD) : c * (tw + PAD) + tw] = tile
+    return img[:, :, 0] if ch == 1 else img
 
 
-def weight_tiles(panels: list[tuple[str, np.ndarray]], n_tiles: int, path: Path, fmt: str) -> tuple[int, int]:
-    """Figure 2: each panel is one network's first hidden layer, one tile per unit."""
+def rgb_image(mosaic: np.ndarray, background: float = 1.0) -> np.ndarray:
+    """A symmetric [-1, 1] RGB mosaic as an RGB image in [0, 1]: 0 is mid grey, -1 black and +1 full intensity in
+    each channel; NaN (between tiles) becomes `background`."""
+    return np.where(np.isnan(mosaic), background, (np.nan_to_num(mosaic) + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+def weight_tiles(panels: list[tuple], n_tiles: int, path: Path, fmt: str) -> tuple[int, int]:
+    """Figure 2: each panel is one network's first layer, one tile per unit (or conv filter). A panel is
+    (label, weights (C*H*W, units)) or (label, weights, (C, H, W), what) with what e.g. "units"/"conv filters";
+    C = 3 tiles are drawn in colour (R, G, B), C = 1 in grey."""
     fig = _figure(panels_figsize(TILE_PANEL, len(panels)))
     rows, cols = panel_grid(len(panels))
-    for i, (label, w) in enumerate(panels):
+    for i, panel in enumerate(panels):
+        label, w = panel[0], panel[1]
+        shape = panel[2] if len(panel) > 2 else None
+        what = panel[3] if len(panel) > 3 else "units"
         ax = fig.add_subplot(rows, cols, i + 1)
         k = min(n_tiles, w.shape[1])
-        ax.imshow(weight_mosaic(w, n_tiles), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-        ax.set_title(f"{label}\nfirst {k} of {w.shape[1]} units", fontsize="small")
+        mosaic = weight_mosaic(w, n_tiles, shape)
+        if mosaic.ndim == 3:
+            ax.imshow(rgb_image(mosaic), interpolation="nearest")
+        else:
+            ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        size = "" if shape is None else f" ({'x'.join(map(str, shape))})"
+        ax.set_title(f"{label}\nfirst {k} of {w.shape[1]} {what}{size}", fontsize="small")
         ax.set_axis_off()
     fig.suptitle("First hidden layer features (cf. paper Figure 2)")
     return _save(fig, path, fmt)

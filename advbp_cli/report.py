@@ -63,7 +63,9 @@ class RunInfo:
             "path": str(self.path),
             "preset": self.cfg.preset,
             "method": t.method,
-            "network": f"{'x'.join(map(str, m.hidden))} {m.activation}",
+            "network": network_text(m),
+            "dataset": self.cfg.data.dataset,
+            "preprocess": self.cfg.data.preprocess,
             "eps": t.eps if t.method == "adversarial" else None,
             "seed": self.cfg.runtime.seed,
             "eval_split": self.cfg.data.eval_split,
@@ -92,7 +94,13 @@ class Group:
             return f"{self.label} ({len(self.runs)} runs, first shown)" if len(self.runs) > 1 else self.label
         c = self.runs[0].cfg
         how = f"adversarial, eps {c.train.eps:g}" if c.train.method == "adversarial" else "back-prop"
-        return f"{self.label} ({how}, {'x'.join(map(str, c.model.hidden))} {c.model.activation})"
+        return f"{self.label} ({how}, {network_text(c.model)})"
+
+
+def network_text(m) -> str:
+    """'400x400 relu', or for a conv net 'conv 96-128-256 + 2048x2048 relu'."""
+    fc = f"{'x'.join(map(str, m.hidden))} {m.activation}"
+    return f"conv {'-'.join(map(str, m.conv_channels))} + {fc}" if m.arch == "conv" else fc
 
 
 @dataclass
@@ -103,7 +111,10 @@ class Panel:
     title: str
     run: RunInfo
     checkpoint_epoch: int
-    weights: np.ndarray
+    weights: np.ndarray  # (C*H*W, units): one column per first-layer unit or conv filter, in (C, H, W) order
+    tile_shape: tuple[int, int, int]  # (C, H, W) of one tile
+    tile_kind: str  # "units" (a fully connected first layer) or "conv filters"
+    layer: str  # the parameter drawn
     hist: figures.Histogram
     zero_fractions: list[float]
     split: str
@@ -210,23 +221,59 @@ def hidden_activations(net, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
 
 
-def build_panels(groups: list[Group], raw: dict, limit: int | None, backend: str | None, device: str | None) -> list[Panel]:
+# (C, H, W) of a flat input of each data set, channels in the order the flat vector holds them
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
+    """(weights (C*H*W, units), tile shape (C, H, W), "units" | "conv filters", parameter name) of Figure 2: an
+    MLP's first fully connected layer, one image-shaped tile per hidden unit; a conv net's first conv layer, one
+    C x k x k tile per filter. Channels other than 1 (grey) or 3 (RGB) are stacked vertically in grey."""
+    params = net.get_params()
+    if cfg.model.arch == "conv":
+        w = np.asarray(params["conv.0.weight"])  # (out, in, k, k)
+        out, c, kh, kw = w.shape
+        weights, shape, kind, name = w.reshape(out, c * kh * kw).T, (c, kh, kw), "conv filters", "conv.0.weight"
+    else:
+        weights = np.asarray(params["layers.0.weight"])  # (fan_in, hidden)
+        shape = cfg.model.input_shape or IMAGE_SHAPES.get(cfg.data.dataset)
+        kind, name = "units", "layers.0.weight"
+        if shape is None or int(np.prod(shape)) != weights.shape[0]:
+            side = int(round(weights.shape[0] ** 0.5))
+            if side * side != weights.shape[0]:
+                raise UsageProblem(f"input size {weights.shape[0]} is not a square image")
+            shape = (1, side, side)
+    shape = tuple(int(d) for d in shape)
+    if shape[0] not in (1, 3):
+        shape = (1, shape[0] * shape[1], shape[2])
+    return weights, shape, kind, name
+
+
+def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: str | None, device: str | None,
+                 data_dir=None, log=print) -> list[Panel]:
     from . import figures
-    from .data.splits import split_of
+    from .data.splits import preprocessor_for, split_of
     from .networks import load_network
 
     panels = []
+    preps: dict = {}
     for g in groups:
         run = g.runs[0]
         net, cfg, _ckpt, meta = load_network(run.path, backend=backend, device=device)
         split = cfg.data.eval_split
+        raw = raws[cfg.data.dataset]
+        key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
+        if key not in preps:  # the run's preprocessing, fitted on its training split (ZCA: from the cache)
+            preps[key] = preprocessor_for(cfg.data, raw, data_dir, log)
         # exactly what `advbp eval RUN [--limit N]` evaluates: the run's eval split, whole unless --limit
-        data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit)
-        weights = np.asarray(net.get_params()["layers.0.weight"])
+        data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, preps[key])
+        weights, tile_shape, tile_kind, layer = first_layer(net, cfg)
+        # the fully connected hidden layers (a conv net's conv blocks are not counted), as `advbp eval` reports
         zeros = hidden_sparsity(net, data.x)
         # the histogram is kept, not the activations: memory stays one network's worth for any number of panels
         hist = figures.histogram(hidden_activations(net, data.x), zeros)
-        panels.append(Panel(g.label, g.title, run, int(meta.get("epoch", 0)), weights, hist, zeros, split, len(data.y)))
+        panels.append(Panel(g.label, g.title, run, int(meta.get("epoch", 0)), weights, tile_shape, tile_kind, layer,
+                            hist, zeros, split, len(data.y)))
     return panels
 
 
@@ -288,16 +335,13 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    for g in groups:
-        side = int(round(g.runs[0].cfg.model.input_size ** 0.5))
-        if side * side != g.runs[0].cfg.model.input_size:
-            raise UsageProblem(f"{g.runs[0].path}: input size {g.runs[0].cfg.model.input_size} is not a square image")
-    from .data.mnist import load_mnist
     from .data.paths import resolve_data_dir
+    from .data.splits import load_raw
 
     data_path, _ = resolve_data_dir(data_dir)
-    raw = load_mnist(data_path, download=download, log=log)
-    panels = build_panels(groups, raw, limit, backend, device)
+    datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
+    raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
+    panels = build_panels(groups, raws, limit, backend, device, data_path, log)
     report = Report(groups, panels, list(sources), limit, tiles)
 
     created = not out_path.exists()
@@ -334,7 +378,8 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
     w, h = figures.error_curves(curves, out / file("curves"), fmt)
     figs["curves"] = {"file": file("curves"), "width_px": w, "height_px": h}
 
-    w, h = figures.weight_tiles([(p.title, p.weights) for p in panels], report.tiles, out / file("features"), fmt)
+    w, h = figures.weight_tiles([(p.title, p.weights, p.tile_shape, p.tile_kind) for p in panels], report.tiles,
+                                out / file("features"), fmt)
     figs["features"] = {"file": file("features"), "width_px": w, "height_px": h}
 
     split_desc = _split_desc(panels, report.limit)
@@ -370,7 +415,9 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
         ],
         "features": [
             {"label": p.label, "run": str(p.run.path), "checkpoint_epoch": p.checkpoint_epoch,
-             "units_shown": min(report.tiles, p.weights.shape[1]), "units": int(p.weights.shape[1])}
+             "units_shown": min(report.tiles, p.weights.shape[1]), "units": int(p.weights.shape[1]),
+             "layer": p.layer, "tiles_are": p.tile_kind, "tile_shape": list(p.tile_shape),
+             "colour": "rgb" if p.tile_shape[0] == 3 else "grey"}
             for p in panels
         ],
         "sparsity": [
@@ -426,15 +473,21 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      f"{_pct(c['final_eval_error'])} | {_pct(c['min_eval_error'])} ({c['min_eval_epoch']}) |")
 
     lines += ["", "## Figure 2: first hidden layer features", "", f"![first layer features]({figs['features']['file']})", "",
-              "*Each tile is one first-layer unit's 784 incoming weights as a 28x28 image, scaled by its own largest"
-              " |w| (black negative, white positive) (paper Figure 2).*", "",
-              "| run | checkpoint epoch | units shown |", "|---|---|---|"]
+              "*Each tile is one first-layer unit's incoming weights as an image (MNIST: 28x28 grey; CIFAR-10 MLP:"
+              " 32x32 RGB from the R, G, B planes of its 3072 weights; conv net: one first-layer filter, 3x5x5 as a"
+              " 5x5 RGB tile), scaled symmetrically by its own largest |w| over all channels: grey tiles black"
+              " negative and white positive, RGB tiles mid grey 0, each channel dark where negative and bright where"
+              " positive (paper Figure 2).*", "",
+              "| run | layer | tiles | checkpoint epoch | shown |", "|---|---|---|---|---|"]
     for f in r["features"]:
-        lines.append(f"| {f['label']} | {f['checkpoint_epoch']} | {f['units_shown']} of {f['units']} |")
+        shape = "x".join(map(str, f["tile_shape"]))
+        lines.append(f"| {f['label']} | `{f['layer']}` | {f['tiles_are']}, {shape} {f['colour']} | "
+                     f"{f['checkpoint_epoch']} | {f['units_shown']} of {f['units']} |")
 
     n_layers = max(len(s["hidden_zero_fraction"]) for s in r["sparsity"])
     lines += ["", "## Figure 3: hidden unit activations", "", f"![hidden activations]({figs['activations']['file']})", "",
-              f"*Histogram of the non-zero hidden activations on {split_desc}; the fraction of exact zeros per layer"
+              f"*Histogram of the non-zero hidden activations of the fully connected hidden layers (a conv net's conv"
+              f" blocks are not included) on {split_desc}; the fraction of exact zeros per layer"
               " (the number `advbp eval` reports as hidden_zero_fraction) is printed on each panel (paper Figure 3:"
               " 39 % back-prop, 61 % adversarial).*", "",
               "| run | checkpoint epoch | split (images) | " + " | ".join(f"zeros layer {j + 1} (%)" for j in range(n_layers))

@@ -100,6 +100,11 @@ def make_request(targets: list[str], n_seeds: int, overrides: dict) -> SweepRequ
     return req
 
 
+def datasets_of(request: SweepRequest) -> list[str]:
+    """The data sets the request's runs train on, in order of first use (checked/downloaded before a sweep)."""
+    return list(dict.fromkeys(run_config(p, 0, request.overrides).data.dataset for p in request.presets))
+
+
 def _without_runtime_only(overrides: dict) -> dict:
     out = json.loads(json.dumps(overrides))
     for section, key in RUNTIME_ONLY:
@@ -153,6 +158,8 @@ def _flag(key: str, value) -> str:
     name = key.replace("_", "-")
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no-{name}"
+    if isinstance(value, (list, tuple)):
+        return f"--{name} {','.join(map(str, value))}"
     return f"--{name} {value}"
 
 

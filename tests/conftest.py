@@ -90,3 +90,32 @@ def fresh(model, seed=0):
 
 def max_abs_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
+
+
+# --- CIFAR-10: tiny real runs shared by the attack, report and sweep tests ------------------------------------------
+CIFAR_TINY = ["--train-limit", "256", "--eval-limit", "128", "--epochs", "1", "--hidden", "16,16", "--backend", "torch"]
+
+
+@pytest.fixture(scope="session")
+def cifar_data_dir(data_dir) -> Path:
+    if not (data_dir / "cifar10").is_dir():
+        pytest.fail(f"CIFAR-10 not found in {data_dir}/cifar10: set ADVBP_DATA_DIR to the folder holding cifar10/")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def cifar_runs(cifar_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three tiny CIFAR-10 runs (1 epoch on 256 images): a conv net (8-8-8 filters, 16x16 FC, adversarial +
+    dropout, simple preprocessing), a 16x16 MLP (simple) and a 16x16 MLP with scale01 inputs."""
+    root = tmp_path_factory.mktemp("cifar-runs")
+    specs = {
+        "conv": ["--preset", "cifar10-conv-adv-dropout-simple", "--conv-channels", "8,8,8"],
+        "mlp": ["--preset", "cifar10-2x3000-adv-simple"],
+        "mlp01": ["--preset", "cifar10-2x3000-backprop-simple", "--preprocess", "scale01"],
+    }
+    out = {}
+    for name, args in specs.items():
+        r = run_cli(["train", *args, *CIFAR_TINY, "--data-dir", str(cifar_data_dir), "--out", str(root / name)])
+        assert r.exit_code == 0, r.stderr
+        out[name] = root / name
+    return out

@@ -373,3 +373,138 @@ def test_plain_eval_unchanged(cli, data_dir, runs):
     result, r = _eval_json(cli, data_dir, runs["src"])
     assert "attacks" not in result and result["split"] == "validation" and result["n"] == LIMIT
     assert len(result["hidden_zero_fraction"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10
+CIFAR_LIMIT = 64
+
+
+@pytest.fixture(scope="module")
+def cifar_sets(cifar_runs, cifar_data_dir, tmp_path_factory):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("cifar-sets")
+    for name in ("conv", "mlp"):
+        r = run_cli(["attack", str(cifar_runs[name]), "--eps", "0.1,0.25", "--limit", str(CIFAR_LIMIT),
+                     "--data-dir", str(cifar_data_dir), "--out", str(root / name)])
+        assert r.exit_code == 0, r.stderr
+        assert "image of the pixel range [0, 1] under simple preprocessing" in r.stderr  # the rule is said
+    return {"conv": root / "conv", "mlp": root / "mlp"}
+
+
+def _simple_fit(cifar_data_dir):
+    from advbp_cli.data import preprocess as pp
+    from advbp_cli.data.splits import load_raw
+
+    raw = load_raw("cifar10", cifar_data_dir, download=False)
+    return raw, pp.Simple.fit(raw["x_train"])  # the runs are test-mode: fitted on all 50 000 training images
+
+
+def test_cifar_sets_record_dataset_preprocessing_and_clip_to_the_image_of_the_pixel_box(cifar_sets, cifar_data_dir):
+    raw, fit = _simple_fit(cifar_data_dir)
+    lo, hi = -fit.mean / fit.std, (255 - fit.mean) / fit.std
+    assert lo < -1.5 and hi > 1.5  # not [0, 1]: that would clip away most of the data
+    clean = fit.apply(raw["x_train"][40_000:40_000 + CIFAR_LIMIT], "float32")
+    for folder in cifar_sets.values():
+        for eps in (0.1, 0.25):
+            m = json.loads((folder / f"fgsm-eps{eps}.json").read_text())
+            assert m["dataset"]["name"] == "cifar10" and m["dataset"]["split"] == "validation"
+            assert m["dataset"]["split_definition"].startswith("training images 40000..49999")
+            assert set(m["dataset"]["files_sha256"]) == {f"data_batch_{i}.bin" for i in range(1, 6)} | {"test_batch.bin"}
+            assert m["preprocess"]["kind"] == "simple"
+            assert m["preprocess"]["mean"] == fit.mean and m["preprocess"]["std"] == fit.std
+            assert m["preprocess_identity"] == {"kind": "simple", "mean": fit.mean, "std": fit.std}
+            assert m["clip"] == pytest.approx([lo, hi], rel=1e-12) and "simple" in m["attack"]["clip_rule"]
+            assert m["image_shape"] == [3, 32, 32] and m["input_shape"] == [3072]
+            with np.load(folder / f"fgsm-eps{eps}.npz", allow_pickle=False) as npz:
+                x, idx = npz["x"], npz["indices"]
+            np.testing.assert_array_equal(idx, np.arange(40_000, 40_000 + CIFAR_LIMIT))
+            assert x.shape == (CIFAR_LIMIT, 3072) and x.dtype == np.float32
+            assert x.min() >= np.float32(lo) and x.max() <= np.float32(hi)
+            d = np.abs(x.astype(np.float64) - clean)
+            assert d.max() <= eps + 1e-5 and (d > eps / 2).mean() > 0.5  # perturbed in the network's input units
+            assert ((x == np.float32(lo)) | (x == np.float32(hi))).any()  # and clipping did happen somewhere
+    conv = json.loads((cifar_sets["conv"] / "fgsm-eps0.1.json").read_text())
+    assert "dropout is off" in conv["attack"]["model_mode_note"]  # an adversarial + dropout preset
+
+
+def test_cifar_sets_round_trip_through_eval(cli, cifar_sets, cifar_runs, cifar_data_dir):
+    for name in ("conv", "mlp"):
+        r = cli(["eval", str(cifar_runs[name]), "--attack-set", str(cifar_sets[name]), "--fgsm-eps", "0.1",
+                 "--split", "validation", "--limit", str(CIFAR_LIMIT), "--data-dir", str(cifar_data_dir), "--json"])
+        assert r.exit_code == 0, r.stderr
+        rows = json.loads(r.stdout)["attacks"]
+        for row in rows:
+            if row["attack"] == "whitebox-set":
+                assert row["error"] == row["manifest_source_error"]
+        (wb,) = [row for row in rows if row["attack"] == "whitebox"]
+        m = json.loads((cifar_sets[name] / "fgsm-eps0.1.json").read_text())
+        assert wb["clip"] == m["clip"]  # the same rule for white-box FGSM as for stored sets
+        stored = [row for row in rows if row["attack"] == "whitebox-set" and row["eps"] == 0.1]
+        assert stored and stored[0]["error"] == wb["error"]  # same images, same gradient, same clip
+
+
+def test_eval_refuses_sets_of_another_dataset_or_preprocessing(cli, cifar_sets, cifar_runs, runs, cifar_data_dir):
+    r = cli(["eval", str(cifar_runs["mlp01"]), "--attack-set", str(cifar_sets["mlp"]), "--data-dir",
+             str(cifar_data_dir)])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("Error: attack set") and "holds simple inputs" in r.stderr and "scale01" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli(["eval", str(runs["src"]), "--attack-set", str(cifar_sets["conv"]), "--data-dir", str(cifar_data_dir)])
+    assert r.exit_code == 2 and "made from data set 'cifar10'" in r.stderr
+
+
+def test_same_preprocessing_compares_fitted_parameters(cifar_sets):
+    from advbp_cli.attack_sets import check_compatible, load_set, same_preprocessing
+
+    aset = load_set(cifar_sets["mlp"] / "fgsm-eps0.1.npz")
+    p = aset.manifest["preprocess"]
+    cfg = RunConfig.model_validate(aset.manifest["source"]["config"])
+    check_compatible(aset, cfg, "model", p)
+    other = dict(p, mean=p["mean"] + 0.5)  # e.g. fitted on the 40 000 images of a validation-mode run
+    assert not same_preprocessing(p, other) and same_preprocessing(None, {"kind": "scale01"})
+    assert not same_preprocessing({"kind": "zca", "key": "a", "epsilon": 0.01}, {"kind": "zca", "key": "b", "epsilon": 0.01})
+    with pytest.raises(UsageProblem, match="fitted differently"):
+        check_compatible(aset, cfg, "model", other)
+
+
+def test_clip_rule_per_preprocessing():
+    from advbp_cli.attack import clip_rule
+    from advbp_cli.data import preprocess as pp
+
+    assert clip_rule({"kind": "scale01"}, None).range == (0.0, 1.0)
+    fit = pp.Simple(100.0, 50.0, 10)
+    rule = clip_rule(fit.describe(), None)
+    ends = fit.apply(np.array([[0, 255]], dtype=np.uint8), "float64")[0]
+    assert rule.range == pytest.approx(tuple(ends), rel=1e-15)  # exactly the image of pixels 0 and 255
+    assert clip_rule(fit.describe(), False).range is None
+    zca = {"kind": "zca", "epsilon": 0.01, "key": "k"}
+    assert clip_rule(zca, None).range is None and "not clipped" in clip_rule(zca, None).rule
+    assert clip_rule(zca, False).range is None
+    with pytest.raises(UsageProblem, match="--clip"):
+        clip_rule(zca, True)
+
+
+def _zca_checkpoint(path: Path) -> Path:
+    from advbp_cli.checkpoint import save_checkpoint
+    from advbp_cli.networks import fresh_params
+
+    cfg = RunConfig.model_validate({"model": {"hidden": [8]}, "data": {"dataset": "cifar10", "preprocess": "zca"},
+                                    "runtime": {"backend": "numpy"}})
+    save_checkpoint(path, fresh_params(cfg), cfg.model_dump(mode="json"), epoch=1)
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    ["attack", "CKPT", "--eps", "0.1", "--clip", "--out", "OUT"],
+    ["attack", "CKPT", "--eps", "0.1", "--format", "idx", "--out", "OUT"],
+    ["eval", "CKPT", "--fgsm-eps", "0.1", "--fgsm-clip"],
+])
+def test_cifar_refusals_are_exit_2_before_any_work(cli, args, tmp_path):
+    ckpt = _zca_checkpoint(tmp_path / "zca.safetensors")
+    args = [str(ckpt) if a == "CKPT" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    # an empty data folder: the refusal must come before any data is looked for (or a ZCA fit started)
+    r = cli([*args, "--data-dir", str(tmp_path / "nodata"), "--no-download"])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("idx" in r.stderr and "cifar10" in r.stderr) or "zca inputs cannot be clipped" in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nodata").exists()

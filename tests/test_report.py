@@ -176,3 +176,63 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_output(case, runs, data_dir,
 def test_importing_the_cli_does_not_import_matplotlib():
     code = "import sys, advbp_cli.cli; sys.exit(1 if 'matplotlib' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10
+def test_cifar_report_draws_rgb_tiles_and_conv_filters_and_figure_3_matches_eval(cifar_runs, cifar_data_dir, tmp_path):
+    import matplotlib.image
+
+    from advbp_cli import figures
+
+    out = tmp_path / "rep"
+    r = run_cli(["report", str(cifar_runs["conv"]), str(cifar_runs["mlp"]), "--out", str(out), "--limit", "64",
+                 "--data-dir", str(cifar_data_dir)])
+    assert r.exit_code == 0, r.stderr
+    meta = json.loads((out / "report.json").read_text())
+    conv, mlp = meta["features"]
+    assert conv["layer"] == "conv.0.weight" and conv["tiles_are"] == "conv filters"
+    assert conv["tile_shape"] == [3, 5, 5] and conv["colour"] == "rgb" and conv["units"] == 8
+    assert mlp["layer"] == "layers.0.weight" and mlp["tile_shape"] == [3, 32, 32] and mlp["units"] == 16
+    want = expected_px((2 * figures.TILE_PANEL[0], figures.TILE_PANEL[1]))
+    assert png_size(out / "fig2-first-layer-features.png") == want
+    img = matplotlib.image.imread(out / "fig2-first-layer-features.png")
+    rgb = img[..., :3]
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 0.05).mean() > 0.01  # colour tiles, not grey
+    assert png_size(out / "fig3-hidden-activations.png") == expected_px((2 * figures.HIST_PANEL[0], figures.HIST_PANEL[1]))
+    index = (out / "index.md").read_text()
+    assert "| `conv.0.weight` | conv filters, 3x5x5 rgb |" in index and "fully connected hidden layers" in index
+    # Figure 3 of a conv net: its fully connected hidden layers, exactly what `advbp eval` reports
+    for s, name in zip(meta["sparsity"], ("conv", "mlp")):
+        ev = run_cli(["eval", str(cifar_runs[name]), "--limit", "64", "--data-dir", str(cifar_data_dir), "--json"])
+        assert ev.exit_code == 0, ev.stderr
+        got = json.loads(ev.stdout)
+        assert s["hidden_zero_fraction"] == got["hidden_zero_fraction"] and len(s["hidden_zero_fraction"]) == 2
+        assert s["n"] == got["n"] == 64
+
+
+def test_rgb_tiles_keep_plane_order_and_symmetric_scale():
+    from advbp_cli import figures
+
+    w = np.zeros((3 * 4 * 4, 2))
+    w[0:16, 0] = -2.0  # unit 0: R plane -2 everywhere, G and B 0
+    w[16 + 5, 1] = 0.5  # unit 1: one G pixel (row 1, col 1) 0.5, the rest 0
+    m = figures.weight_mosaic(w, 2, (3, 4, 4))
+    assert m.shape == (4, 4 + 1 + 4, 3)
+    np.testing.assert_array_equal(m[:, :4, 0], -1.0)  # scaled by its own largest |w| (2), sign kept
+    np.testing.assert_array_equal(m[:, :4, 1:], 0.0)
+    assert m[1, 5 + 1, 1] == 1.0 and np.count_nonzero(m[:, 5:, :]) == 1
+    assert np.isnan(m[:, 4]).all()  # the gap between tiles
+    img = figures.rgb_image(m)
+    assert img[0, 0].tolist() == [0.0, 0.5, 0.5] and img[0, 4].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_conv_first_layer_tiles_are_the_filters(cifar_runs):
+    from advbp_cli.networks import load_network
+    from advbp_cli.report import first_layer
+
+    net, cfg, _, _ = load_network(cifar_runs["conv"], backend="numpy")
+    weights, shape, kind, name = first_layer(net, cfg)
+    filters = net.get_params()["conv.0.weight"]  # (8, 3, 5, 5)
+    assert shape == (3, 5, 5) and kind == "conv filters" and weights.shape == (75, 8)
+    for f in range(8):
+        np.testing.assert_array_equal(weights[:, f].reshape(3, 5, 5), filters[f])

@@ -174,3 +174,47 @@ def test_a_diverged_run_is_reported_and_the_others_are_still_summarised(data_dir
     (failure,) = summary["failures"]
     assert failure["run_dir"] == f"{PRESETS[0]}/seed-0" and "diverged" in failure["message"]
     assert json.loads((tmp_path / "sw" / "summary.json").read_text()) == summary
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10
+CIFAR_PRESETS = ["cifar10-2x3000-adv-simple", "cifar10-conv-backprop-simple"]
+
+
+def test_cifar_sweep_of_an_mlp_and_a_conv_preset(cli, cifar_data_dir, tmp_path):
+    out = tmp_path / "sw"
+    r = cli(["sweep", *CIFAR_PRESETS, "--seeds", "1", "--epochs", "1", "--train-limit", "256", "--eval-limit", "128",
+             "--hidden", "16,16", "--conv-channels", "8,8,8", "--backend", "torch", "--out", str(out),
+             "--data-dir", str(cifar_data_dir), "--json"])
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["complete"] and summary["runs_complete"] == summary["runs_total"] == 2
+    assert [p["preset"] for p in summary["presets"]] == CIFAR_PRESETS
+    for preset in CIFAR_PRESETS:
+        run = json.loads((out / preset / "seed-0" / "config.json").read_text())
+        cfg = run.get("config", run)
+        assert cfg["data"]["dataset"] == "cifar10" and cfg["model"]["hidden"] == [16, 16]
+        assert json.loads((out / preset / "seed-0" / "summary.json").read_text())["headline"]["value"] < 100
+    conv = json.loads((out / CIFAR_PRESETS[1] / "seed-0" / "config.json").read_text())
+    assert conv.get("config", conv)["model"]["conv_channels"] == [8, 8, 8]
+    assert "--hidden 16,16 --conv-channels 8,8,8" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("target", ["table3", CIFAR_PRESETS[1]])
+def test_sweep_checks_the_data_of_every_dataset_before_writing(cli, data_dir, tmp_path, target):
+    only_mnist = tmp_path / "data"
+    only_mnist.mkdir()
+    (only_mnist / "mnist").symlink_to(data_dir / "mnist")
+    out = tmp_path / "sw"
+    r = cli(["sweep", "mnist-relu-2x400-adv", target, "--seeds", "1", "--epochs", "1", "--out", str(out),
+             "--data-dir", str(only_mnist), "--no-download"])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("Error: ") and "cifar" in r.stderr.lower()
+    assert not out.exists() and not (only_mnist / "cifar10").exists()
+
+
+@pytest.mark.parametrize("opt", ["--hidden", "--conv-channels"])
+def test_sweep_layer_overrides_are_validated(cli, data_dir, tmp_path, opt):
+    out = tmp_path / "sw"
+    r = cli(["sweep", CIFAR_PRESETS[1], opt, "0,4", "--out", str(out), "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and opt in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()

@@ -10,12 +10,15 @@ import click
 from .. import __version__
 from ..attack import (
     LOSSES,
+    clip_rule,
     error_of,
     fgsm_signs,
     gradient_network,
     parse_eps,
     perturb,
+    preprocess_identity,
     split_checksum,
+    TRAIN_FILE_SIZES,
     zero_gradient_warning,
 )
 from ..attack_sets import (
@@ -29,16 +32,12 @@ from ..attack_sets import (
     write_set,
 )
 from ..data.download import sha256_of
-from ..data.mnist import FILES, SHA256_GZ, load_mnist
 from ..data.paths import resolve_data_dir
-from ..data.splits import split_of
+from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem
 from ..networks import load_network
 from ..provenance import provenance
 from .common import backend_options, data_dir_option, emit_json, json_option
-
-CLIP = (0.0, 1.0)
-
 
 @click.command("attack")
 @click.argument("source", type=click.Path())
@@ -46,10 +45,13 @@ CLIP = (0.0, 1.0)
               help="FGSM step; repeat it, or give a list (0.1,0.25) or an inclusive range START:STOP:STEP (0.05:0.5:0.05).")
 @click.option("--split", type=click.Choice(["validation", "test", "train"]), default="validation", show_default=True,
               help="Images to perturb (validation: the last 10k training images, the paper's choice).")
-@click.option("--clip/--no-clip", default=True, show_default=True,
-              help="Clip the attack images to [0, 1] (the paper does not say; --no-clip keeps x + eps*sign(e) as is).")
+@click.option("--clip/--no-clip", default=None,
+              help="Clip the attack inputs to the pixel range [0, 1] as the source's preprocessing maps it: [0, 1] "
+                   "(scale01), [-m/s, (255-m)/s] (simple). Default: clip, except ZCA inputs, which have no such "
+                   "box and are left unclipped (--clip is refused for them). --no-clip keeps x + eps*sign(e) as is.")
 @click.option("--format", "fmt", type=click.Choice(["npz", "idx"]), default="npz", show_default=True,
-              help="npz: float inputs exactly as computed; idx: uint8 MNIST files (pixels quantised to round(255 z)).")
+              help="npz: float inputs exactly as computed; idx: uint8 MNIST files (pixels quantised to round(255 z)); "
+                   "MNIST scale01 runs only.")
 @click.option("--loss", type=click.Choice(LOSSES), default="model", show_default=True,
               help="Objective whose input gradient is used: the source network's own training objective (model), "
                    "or another one on the same logits.")
@@ -75,8 +77,7 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
     the source's error on the set). Evaluate other models on them with `advbp eval MODEL --attack-set FILE`.
     """
     eps_list = parse_eps(eps_values)
-    clip_range = CLIP if clip else None
-    if fmt == "idx" and not clip:
+    if fmt == "idx" and clip is False:
         raise UsageProblem("--format idx stores uint8 pixels in [0, 1] and cannot hold unclipped sets; "
                            "use --format npz with --no-clip")
     if not str(out_dir).strip():
@@ -92,14 +93,24 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
             raise UsageProblem(f"--out {out} already holds {clash[0].name}; use --overwrite or another --out")
 
     net, cfg, ckpt, meta = load_network(source, backend=backend, device=device, dtype=dtype)
-    if fmt == "idx" and cfg.model.input_size not in IMAGE_SHAPES:
-        raise UsageProblem(f"--format idx needs 28x28 images; this model takes inputs of size {cfg.model.input_size}")
+    dataset, kind = cfg.data.dataset, cfg.data.preprocess
+    if fmt == "idx" and (dataset != "mnist" or kind != "scale01" or cfg.model.input_size not in IMAGE_SHAPES):
+        raise UsageProblem(f"--format idx writes uint8 MNIST images of pixels in [0, 1]; {source} is a {dataset} model "
+                           f"with {kind} inputs, so use --format npz")
+    rule = clip_rule({"kind": kind}, clip) if kind == "zca" else None  # refuse --clip for zca before loading data
     data_path, _ = resolve_data_dir(data_dir)
-    raw = load_mnist(data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    raw = load_raw(dataset, data_path, download=not no_download, log=log)
     if cfg.model.input_size != raw["x_train"].shape[1]:
-        raise UsageProblem(f"{source} takes inputs of size {cfg.model.input_size}, but {cfg.data.dataset} images have "
+        raise UsageProblem(f"{source} takes inputs of size {cfg.model.input_size}, but {dataset} images have "
                            f"{raw['x_train'].shape[1]} pixels")
-    data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit)
+    # the source run's own preprocessing, fitted on its training split (ZCA: read back from the cache), as `eval`
+    prep = preprocessor_for(cfg.data, raw, data_path, log)
+    data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, prep)
+    rule = rule or clip_rule(data.preprocess, clip)
+    clip_range = rule.range
+    if kind != "scale01":
+        log(f"advbp: {kind} inputs: {rule.rule}")
 
     t0 = time.perf_counter()
     gnet, loss_name = gradient_network(net, cfg, loss)
@@ -118,24 +129,31 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
             "gradient_loss": loss_name,
             "gradient_of": "the source network's training objective" if loss == "model" else f"{loss_name} on the source's logits",
             "model_mode": "eval",
-            "model_mode_note": "the network has no dropout or other mode-dependent layer: eval and train mode compute the same",
+            "model_mode_note": _mode_note(cfg),
             "batch_size": batch_size,
             "batching": "batch-mean input gradient; its sign per row equals the per-sample gradient's sign",
             "clip": list(clip_range) if clip_range else None,
+            "clip_rule": rule.rule,
+            "clip_units": f"the network's input units ({kind} preprocessing)",
         },
         "dataset": {
-            "name": cfg.data.dataset,
+            "name": dataset,
             "split": split,
-            "split_definition": _split_definition(split, cfg.data.eval_split),
+            "split_definition": _split_definition(split, cfg),
             "source_file": data.source,
             "n": int(len(data.y)),
             "limit": limit,
             "checksum": split_checksum(raw, data),
             "checksum_of": "sha256 of the split's original uint8 pixels then uint8 labels, in index order",
-            "files_sha256": {f"{name}.gz": SHA256_GZ[name] for name in FILES},
+            "files_sha256": _files_sha256(dataset),
         },
+        "preprocess": data.preprocess,
+        "preprocess_identity": preprocess_identity(data.preprocess),
+        "input_units": ("pixels / 255" if kind == "scale01" else
+                        f"{kind}-preprocessed pixels; the clean inputs are the split's images under the source "
+                        "run's preprocessing, fitted on its training split"),
         "input_shape": [cfg.model.input_size],
-        "image_shape": list(IMAGE_SHAPES.get(cfg.model.input_size, (cfg.model.input_size,))),
+        "image_shape": _image_shape(cfg),
         "source": {
             "argument": str(source),
             "checkpoint": str(ckpt),
@@ -180,7 +198,8 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
                      "files": {k: p.name for k, p in files.items() if k != "manifest"},
                      "source_error": error})
         if not as_json:
-            click.echo(f"eps {eps:<6g} {'clipped to [0, 1]' if clip_range else 'unclipped':17s} source error "
+            where = "unclipped" if not clip_range else f"clipped to [{clip_range[0]:.4g}, {clip_range[1]:.4g}]"
+            click.echo(f"eps {eps:<6g} {where:17s} source error "
                        f"{error:6.2f}%  -> {files.get('data', files['manifest'])}")
     summary = {k: v for k, v in common.items() if k != "provenance"}
     summary.update(file_format=fmt, provenance=common["provenance"])
@@ -197,9 +216,41 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
                    f"manifest {out / DIR_MANIFEST}")
 
 
-def _split_definition(split: str, eval_split: str) -> str:
+def _split_definition(split: str, cfg) -> str:
+    n_file = TRAIN_FILE_SIZES[cfg.data.dataset]
     if split == "validation":
-        return "training images 50000..59999 (the last 10 000)"
+        return f"training images {n_file - 10_000}..{n_file - 1} (the last 10 000)"
     if split == "test":
         return "the 10 000 test images"
-    return "training images 0..49999 (the source's training data)" if eval_split == "validation" else "all 60 000 training images"
+    if cfg.data.eval_split == "validation":
+        return f"training images 0..{n_file - 10_001} (the source's training data)"
+    return f"all {n_file} training images"
+
+
+def _files_sha256(dataset: str) -> dict:
+    if dataset == "cifar10":
+        from ..data.cifar10 import SHA256_BIN
+
+        return {f"{name}.bin": sha for name, sha in SHA256_BIN.items()}
+    from ..data.mnist import FILES, SHA256_GZ
+
+    return {f"{name}.gz": SHA256_GZ[name] for name in FILES}
+
+
+def _image_shape(cfg) -> list[int]:
+    if cfg.data.dataset == "mnist" and cfg.model.input_size in IMAGE_SHAPES:  # what idx files are shaped as
+        return list(IMAGE_SHAPES[cfg.model.input_size])
+    if cfg.model.input_shape is not None:
+        return list(cfg.model.input_shape)
+    if cfg.data.dataset == "cifar10":
+        return [3, 32, 32]  # (C, H, W): R, G, B planes
+    return [cfg.model.input_size]
+
+
+def _mode_note(cfg) -> str:
+    from ..backends import architecture, uses_dropout
+
+    if uses_dropout(architecture(cfg.model), cfg.train):
+        return ("the network was trained with (inverted) dropout; in eval mode dropout is off and the network is "
+                "used as it is, as for evaluation")
+    return "the network has no dropout or other mode-dependent layer: eval and train mode compute the same"

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..data.paths import resolve_data_dir
-from ..data.splits import load_raw, split_of
+from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem
 from ..evaluate import evaluate_arrays, hidden_sparsity
 from ..networks import load_network
@@ -27,8 +27,9 @@ from .common import backend_options, data_dir_option, emit_json, json_option
                    "written by `advbp attack`. Repeatable.")
 @click.option("--fgsm-eps", "fgsm_eps", multiple=True,
               help="White-box FGSM error against each model itself, on --split; a value, list or START:STOP:STEP.")
-@click.option("--fgsm-clip/--fgsm-no-clip", default=True, show_default=True,
-              help="Clip white-box FGSM inputs to [0, 1].")
+@click.option("--fgsm-clip/--fgsm-no-clip", default=None,
+              help="Clip white-box FGSM inputs to the pixel range [0, 1] as each model's preprocessing maps it "
+                   "(as `advbp attack --clip`). Default: clip, except ZCA models, which are left unclipped.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Samples per input-gradient computation for --fgsm-eps.")
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
@@ -57,36 +58,51 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
         raise UsageProblem("--curve-out needs --attack-set or --fgsm-eps (a curve of error against eps)")
     # Load every model first, so a bad SOURCE fails before any work.
     models = [(src, *load_network(src, backend=backend, device=device)) for src in sources]
+    if eps_list and fgsm_clip:  # --fgsm-clip for a ZCA model is refused before any data is read
+        from ..attack import clip_rule
+
+        for src, _, cfg, _, _ in models:
+            if cfg.data.preprocess == "zca":
+                clip_rule({"kind": "zca"}, True, "--fgsm-clip")
     labels = _labels(sources)
     data_path, _ = resolve_data_dir(data_dir)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     raws = {ds: load_raw(ds, data_path, download=not no_download, log=log)
             for ds in dict.fromkeys(cfg.data.dataset for _, _, cfg, _, _ in models)}
 
-    # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
-    set_cache: dict = {}
-    if set_paths:
-        from ..attack_sets import check_compatible, load_set
-
-        for src, net, cfg, _, _ in models:
-            for path in set_paths:
-                key = (str(path), net.dtype)
-                if key not in set_cache:
-                    set_cache[key] = load_set(path, dtype=net.dtype)
-                check_compatible(set_cache[key], cfg, str(src))
     for src, net, cfg, _, _ in models:
         raw = raws[cfg.data.dataset]
         if cfg.model.input_size != raw["x_train"].shape[1]:
             raise UsageProblem(f"{src} takes inputs of size {cfg.model.input_size}, but {cfg.data.dataset} images "
                                f"have {raw['x_train'].shape[1]} pixels")
+    # each model's own preprocessing, fitted on its training split (ZCA: read back from the cache); one fit per
+    # distinct data config
+    prep_cache: dict = {}
+    preps = []
+    for _, _, cfg, _, _ in models:
+        key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
+        if key not in prep_cache:
+            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], data_path, log)
+        preps.append(prep_cache[key])
+
+    # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
+    set_cache: dict = {}
+    if set_paths:
+        from ..attack_sets import check_compatible, load_set
+
+        for (src, net, cfg, _, _), prep in zip(models, preps):
+            for path in set_paths:
+                key = (str(path), net.dtype)
+                if key not in set_cache:
+                    set_cache[key] = load_set(path, dtype=net.dtype)
+                check_compatible(set_cache[key], cfg, str(src), prep.describe())
 
     results, curve, failed = [], [], []
-    for label, (src, net, cfg, ckpt, meta) in zip(labels, models):
+    for label, (src, net, cfg, ckpt, meta), prep in zip(labels, models, preps):
         name = split or cfg.data.eval_split
         # In a validation-mode run, `train` means the 50k the network was trained on.
         # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
-        data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, data_cfg=cfg.data,
-                        data_dir=data_path, log=log)
+        data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, prep)
         ev = evaluate_arrays(net, data.x, data.y)
         result = {
             "source": str(src),
@@ -195,12 +211,18 @@ def _attack_rows(label, src, net, cfg, ckpt, data, clean, set_paths, set_cache, 
         click.echo(f"warning: {src} was trained on {overlap} of the {n} clean images behind {path}{more}; "
                    "its errors on such sets are not held-out numbers", err=True)
     if eps_list:
-        clip = (0.0, 1.0) if fgsm_clip else None
+        from ..attack import clip_rule
+
+        rule = clip_rule(data.preprocess, fgsm_clip, "--fgsm-clip")
+        clip = rule.range
+        if cfg.data.preprocess != "scale01":
+            click.echo(f"advbp: white-box FGSM on {src} ({cfg.data.preprocess} inputs): {rule.rule}", err=True)
         wb, grads = whitebox_errors(net, cfg, data.x, data.y, eps_list, clip, batch_size)
         if grads.zero_samples:
             click.echo(zero_gradient_warning(grads.zero_samples, len(data.y), f"the objective of {src}"), err=True)
         for r in wb:
             rows.append({**base, "attack": "whitebox", "eps": r["eps"], "clip": list(clip) if clip else None,
+                         "clip_rule": rule.rule,
                          "split": data.name, "set": None, "n": r["n"], "error": r["error"], "loss": r["loss"],
                          "zero_gradient_samples": grads.zero_samples})
     return rows
@@ -238,7 +260,7 @@ def _print_curve(curve: list[dict], labels: list[str]) -> None:
     width = max(8, *(len(lab) for lab in labels))
     for (kind, clip), by_eps in groups.items():
         title = "stored attack sets (transfer; * = the model is the set's source)" if kind == "transfer" else "white-box FGSM"
-        click.echo(f"\nerror (%) against eps: {title}, {'clipped to [0, 1]' if clip == 'clip' else 'unclipped'}")
+        click.echo(f"\nerror (%) against eps: {title}, {'clipped to the pixel range' if clip == 'clip' else 'unclipped'}")
         click.echo("eps".ljust(7) + "".join(lab.rjust(width + 2) for lab in labels))
         click.echo("0".ljust(7) + "".join(f"{clean.get(lab, float('nan')):.2f}".rjust(width + 2) for lab in labels))
         for eps in sorted(by_eps):

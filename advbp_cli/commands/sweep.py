@@ -10,14 +10,16 @@ import click
 
 from .. import executors
 from .. import sweep as sw
-from ..data.mnist import ensure_files
 from ..data.paths import resolve_data_dir
+from ..data.splits import ensure_dataset
 from ..errors import TrainingDiverged, UsageProblem
 from ..networks import require_device
-from .common import data_dir_option, emit_json, json_option
+from .common import data_dir_option, emit_json, json_option, parse_int_list
 
 # CLI option -> config (section, field), applied to every run of the sweep.
 OVERRIDES = {
+    "hidden": ("model", "hidden"),
+    "conv_channels": ("model", "conv_channels"),
     "epochs": ("train", "epochs"),
     "mean_last": ("train", "mean_last"),
     "train_limit": ("data", "train_limit"),
@@ -33,6 +35,10 @@ OVERRIDES = {
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds 0..N-1 for every preset (default 5, as the paper; on --resume: the sweep's).")
 @click.option("--epochs", type=int, default=None, help="Epochs per run (default: the preset's, 150).")
+@click.option("--hidden", default=None,
+              help="Hidden (fully connected) layer sizes for every preset, e.g. 16,16 (small test sweeps).")
+@click.option("--conv-channels", default=None,
+              help="Filters of each conv layer for every conv preset, e.g. 8,8,8 (MLP presets ignore it).")
 @click.option("--mean-last", type=int, default=None, help="Per-run statistic: mean eval error of the last N epochs (10).")
 @click.option("--train-limit", type=int, default=None, help="Only the first N training images (small test sweeps).")
 @click.option("--eval-limit", type=int, default=None, help="Only the first N evaluation images.")
@@ -78,8 +84,10 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as
         require_device(options.get("device"))
     sweep_dir, request = sw.plan(list(targets), seeds, _overrides(options), out, resume)
     data_path, _ = resolve_data_dir(data_dir)
-    # Data problems are found before anything is written, so a failed start leaves no sweep directory behind.
-    ensure_files(data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
+    # Data problems are found before anything is written, so a failed start leaves no sweep directory behind:
+    # the files of every data set the requested presets use (e.g. table3: CIFAR-10; mnist groups: MNIST).
+    for dataset in sw.datasets_of(request):
+        ensure_dataset(dataset, data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
 
     with executor as execute:  # --executor ray: connects to (or starts) Ray here, before anything is written
         display = LiveTable(request, sweep_dir)
@@ -98,8 +106,12 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as
 def _overrides(options: dict) -> dict:
     out: dict = {}
     for opt, (section, key) in OVERRIDES.items():
-        if options.get(opt) is not None:
-            out.setdefault(section, {})[key] = options[opt]
+        value = options.get(opt)
+        if value is None:
+            continue
+        if opt in ("hidden", "conv_channels"):
+            value = parse_int_list(value, "--" + opt.replace("_", "-"))
+        out.setdefault(section, {})[key] = value
     return out
 
 

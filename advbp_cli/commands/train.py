@@ -20,6 +20,7 @@ from .common import data_dir_option, emit_json, json_option, parse_clip, parse_i
 # CLI option -> (config section, field); None values mean "not given", so the preset or default stands.
 OVERRIDES = {
     "hidden": ("model", "hidden"),
+    "conv_channels": ("model", "conv_channels"),
     "activation": ("model", "activation"),
     "output": ("model", "output"),
     "init_std": ("model", "init_std"),
@@ -63,8 +64,8 @@ def overrides_from(options: dict) -> dict:
         value = options.get(opt)
         if value is None:
             continue
-        if opt == "hidden":
-            value = parse_int_list(value, "--hidden")
+        if opt in ("hidden", "conv_channels"):
+            value = parse_int_list(value, "--" + opt.replace("_", "-"))
         elif opt == "clip":
             value = parse_clip(value)
         out.setdefault(section, {})[field] = value
@@ -84,6 +85,8 @@ def overrides_from(options: dict) -> dict:
 @click.option("--epochs", type=int, default=None)
 @click.option("--mean-last", type=int, default=None, help="Headline: mean eval error of the last N epochs (10).")
 @click.option("--hidden", default=None, help="Hidden layer sizes, e.g. 400,400.")
+@click.option("--conv-channels", default=None,
+              help="Filters of each conv layer of a conv preset, e.g. 96,128,256 (its number of conv layers).")
 @click.option("--activation", type=click.Choice(["logistic", "tanh", "relu"]), default=None)
 @click.option("--output", type=click.Choice(["sigmoid_bce", "softmax_ce"]), default=None)
 @click.option("--init-std", type=float, default=None)
