@@ -6,13 +6,28 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One BLAS thread for the whole test session, set before numpy loads its BLAS: float32 sums depend on how a
+# matmul is split across threads, and several tests compare runs bit for bit across processes (resume after
+# SIGKILL, Ray workers, which advbp runs with one thread per CPU asked for). Users' runs keep their defaults.
+_NUMPY_WAS_LOADED = "numpy" in sys.modules
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    if _NUMPY_WAS_LOADED and os.environ.get("OMP_NUM_THREADS") == "1":
+        # numpy's BLAS read its thread count before this file ran; say so instead of failing obscurely later
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            "numpy was imported before tests/conftest.py set OMP_NUM_THREADS=1; bit-for-bit tests may differ"), 2)
 
 
 def _data_dir() -> Path:
