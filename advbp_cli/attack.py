@@ -1,8 +1,8 @@
 """FGSM attack sets (Goodfellow et al. 2014; Nøkland 2015 section 3) and the errors of models on them.
 
-z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (these networks have no dropout
-or other layer whose behaviour depends on the mode, so evaluation and training mode are the same computation;
-the manifest records it). The input gradient of a whole batch is computed at once: `Backend.input_gradient`
+z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (dropout off) unless
+`--model-mode train` asks for dropout as in training (masks from the run's seed, see ATTACK_MASK_EPOCH); the
+manifest records the mode. For a network without dropout both modes compute the same. The input gradient of a whole batch is computed at once: `Backend.input_gradient`
 returns the gradient of the batch-mean objective, whose row i is (1/n) dJ_i/dx_i, because sample i's loss
 depends on no other row. Its sign is therefore the per-sample sign, and the gradient is computed once and
 reused for every eps.
@@ -186,14 +186,29 @@ class Gradients:
     batch_size: int
 
 
-def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int) -> Gradients:
-    """sign(dJ/dx) for every sample, one batch-mean input gradient per batch (no weight gradients)."""
+# Dropout masks of an attack in train mode come from the training seed's dropout stream under this epoch key,
+# which no training run reaches, and batch b of the attack uses step b's masks.
+ATTACK_MASK_EPOCH = 1_000_000
+
+
+def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cfg=None) -> Gradients:
+    """sign(dJ/dx) for every sample, one batch-mean input gradient per batch (no weight gradients).
+    With `train_mode_cfg` (the source's RunConfig) dropout is active, as while training (--model-mode train)."""
+    masks = None
+    if train_mode_cfg is not None:
+        from .rng import DropoutMasks
+
+        masks = DropoutMasks(train_mode_cfg.runtime.seed, ATTACK_MASK_EPOCH)
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
     signs = np.empty(x.shape, dtype=np.int8)
     for start in range(0, len(x), batch_size):
         stop = min(start + batch_size, len(x))
-        e = net.input_gradient(net.asarray(x[start:stop]), net.asarray(y[start:stop], labels=True))
+        xb, yb = net.asarray(x[start:stop]), net.asarray(y[start:stop], labels=True)
+        if masks is None:
+            e = net.input_gradient(xb, yb)
+        else:
+            e = net.input_gradient(xb, yb, masks=masks, k=start // batch_size, step=train_mode_cfg.train)
         np.sign(e, out=signs[start:stop], casting="unsafe")  # -1, 0, 1 straight into int8
     zero_rows = ~signs.any(axis=1)
     zero_frac = float((signs == 0).mean()) if signs.size else 0.0

@@ -248,8 +248,10 @@ class Backend(ABC):
         """The training objective J of each sample (no batch mean)."""
 
     @abstractmethod
-    def input_gradient(self, x: Any, y: Any) -> np.ndarray:
-        """dJ/dx for the batch-mean objective, computing no weight gradients (Algorithm 1, step 2)."""
+    def input_gradient(self, x: Any, y: Any, masks=None, k: int = 0, step: StepSpec | None = None) -> np.ndarray:
+        """dJ/dx for the batch-mean objective, computing no weight gradients (Algorithm 1, step 2). Without
+        `masks` the network is in evaluation mode; with a mask source (advbp_cli.rng.DropoutMasks) dropout is
+        active with the masks of its step k and the rates of `step`."""
 
     @abstractmethod
     def hidden_activations(self, x: Any) -> list[np.ndarray]:

@@ -508,3 +508,44 @@ def test_cifar_refusals_are_exit_2_before_any_work(cli, args, tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert ("idx" in r.stderr and "cifar10" in r.stderr) or "zca inputs cannot be clipped" in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "nodata").exists()
+
+
+# ------------------------------------------------------------------------------------------- --model-mode train
+def test_train_mode_input_gradient_agrees_between_backends_and_uses_dropout():
+    """With a dropout mask source both backends compute the same dJ/dx (float64), and it differs from eval mode."""
+    from advbp_cli.attack import ATTACK_MASK_EPOCH
+    from advbp_cli.backends import load_backend
+    from advbp_cli.config import RunConfig
+    from advbp_cli.networks import fresh_params
+    from advbp_cli.rng import DropoutMasks
+
+    cfg = RunConfig.model_validate({"model": {"hidden": [32, 32]},
+                                    "train": {"dropout_input": 0.1, "dropout_fc": 0.5}, "runtime": {"seed": 3}})
+    params = {k: v * 30 for k, v in fresh_params(cfg).items()}
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 784)), rng.integers(0, 10, 20)
+    es = {}
+    for name in ("numpy", "torch"):
+        net = load_backend(name)(cfg.model, dtype="float64", device="cpu")
+        net.set_params(params)
+        xd, yd = net.asarray(x), net.asarray(y, labels=True)
+        es[name] = net.input_gradient(xd, yd, masks=DropoutMasks(3, ATTACK_MASK_EPOCH), k=2, step=cfg.train)
+        es[name + "-eval"] = net.input_gradient(xd, yd)
+    np.testing.assert_allclose(es["numpy"], es["torch"], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(es["numpy-eval"], es["torch-eval"], rtol=1e-9, atol=1e-15)
+    assert (np.sign(es["numpy"]) != np.sign(es["numpy-eval"])).mean() > 0.05  # dropout really was active
+
+
+def test_attack_in_train_mode_records_it_and_differs_from_eval_mode(cli, data_dir, cifar_runs, tmp_path):
+    run = cifar_runs["conv"]
+    sets = {}
+    for mode in ("eval", "train"):
+        out = tmp_path / mode
+        r = cli(["attack", str(run), "--eps", "0.03", "--limit", "64", "--batch-size", "32", "--model-mode", mode,
+                 "--out", str(out), "--data-dir", str(data_dir), "--backend", "numpy"])
+        assert r.exit_code == 0, r.stderr
+        manifest = json.loads((out / "fgsm-eps0.03.json").read_text())
+        assert manifest["attack"]["model_mode"] == mode
+        with np.load(out / "fgsm-eps0.03.npz", allow_pickle=False) as f:
+            sets[mode] = f["x"]
+    assert not np.array_equal(sets["eval"], sets["train"])

@@ -59,6 +59,9 @@ from .common import backend_options, data_dir_option, emit_json, json_option
               help="Samples per input-gradient computation (the signs do not depend on it, up to float rounding "
                    "of gradient components that are zero but for rounding).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
+@click.option("--model-mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="eval: dropout off, as for evaluation; train: dropout active as in training (masks from the "
+                   "run's seed, one draw per batch, so they depend on --batch-size).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Arithmetic of the gradient and of the stored npz inputs (default: the checkpoint's).")
 @backend_options
@@ -68,8 +71,8 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--overwrite", is_flag=True, help="Write into an --out that already holds sets (same-named ones are replaced, manifest.json is rewritten).")
 @click.option("--compress/--no-compress", default=True, show_default=True, help="Deflate npz files (still no pickle).")
 @json_option
-def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dtype, backend, device, data_dir,
-               no_download, out_dir, overwrite, compress, as_json):
+def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, model_mode, dtype, backend, device,
+               data_dir, no_download, out_dir, overwrite, compress, as_json):
     """Write FGSM attack sets z = x + eps * sign(dJ/dx) computed with SOURCE (a run directory or checkpoint).
 
     One set per eps, each with its perturbed inputs, true labels, the indices of the source images and a JSON
@@ -114,7 +117,7 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
 
     t0 = time.perf_counter()
     gnet, loss_name = gradient_network(net, cfg, loss)
-    grads = fgsm_signs(gnet, data.x, data.y, batch_size)
+    grads = fgsm_signs(gnet, data.x, data.y, batch_size, train_mode_cfg=cfg if model_mode == "train" else None)
     grad_s = time.perf_counter() - t0
     if grads.zero_samples:
         click.echo(zero_gradient_warning(grads.zero_samples, len(data.y), f"{loss_name} of {source}"), err=True)
@@ -128,8 +131,8 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, dt
             "labels": "true labels (not the model's predictions)",
             "gradient_loss": loss_name,
             "gradient_of": "the source network's training objective" if loss == "model" else f"{loss_name} on the source's logits",
-            "model_mode": "eval",
-            "model_mode_note": _mode_note(cfg),
+            "model_mode": model_mode,
+            "model_mode_note": _mode_note(cfg, model_mode),
             "batch_size": batch_size,
             "batching": "batch-mean input gradient; its sign per row equals the per-sample gradient's sign",
             "clip": list(clip_range) if clip_range else None,
@@ -247,10 +250,14 @@ def _image_shape(cfg) -> list[int]:
     return [cfg.model.input_size]
 
 
-def _mode_note(cfg) -> str:
+def _mode_note(cfg, model_mode: str = "eval") -> str:
+    from ..attack import ATTACK_MASK_EPOCH
     from ..backends import architecture, uses_dropout
 
     if uses_dropout(architecture(cfg.model), cfg.train):
+        if model_mode == "train":
+            return (f"dropout active with the training rates; masks from seed {cfg.runtime.seed}'s dropout stream "
+                    f"under epoch key {ATTACK_MASK_EPOCH}, batch b using step b's masks")
         return ("the network was trained with (inverted) dropout; in eval mode dropout is off and the network is "
                 "used as it is, as for evaluation")
     return "the network has no dropout or other mode-dependent layer: eval and train mode compute the same"

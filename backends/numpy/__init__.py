@@ -91,7 +91,10 @@ class NumpyBackend(Backend):
     def loss_per_sample(self, x, y):
         return loss_and_grad(self.model.output, self.logits(x), y)[0]
 
-    def input_gradient(self, x, y):
+    def input_gradient(self, x, y, masks=None, k=0, step=None):
+        if masks is not None:  # dropout active (an attack in train mode): masks of step k, no chunking
+            e = _step.input_gradient(self.params, x, y, self.model, self._masks(masks, k, step, len(x)))
+            return e
         if not self.arch.n_conv:
             return _step.input_gradient(self.params, x, y, self.model)
         # per chunk, dJ/dx of the chunk mean, rescaled to the mean over the whole batch

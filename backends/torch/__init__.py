@@ -116,7 +116,10 @@ class TorchBackend(Backend):
         return loss_and_grad(self.model.output, self._logits(x), y)[0].cpu().numpy()
 
     @torch.no_grad()
-    def input_gradient(self, x, y):
+    def input_gradient(self, x, y, masks=None, k=0, step=None):
+        if masks is not None:  # dropout active (an attack in train mode): masks of step k, no chunking
+            e = _step.input_gradient(self.params, x, y, self.model, self._masks(masks, k, step, len(x)))
+            return e.cpu().numpy()
         if not self.arch.n_conv:
             return _step.input_gradient(self.params, x, y, self.model).cpu().numpy()
         n = len(x)
