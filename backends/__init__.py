@@ -212,6 +212,21 @@ class Backend(ABC):
         self.dtype = dtype
         self.device = device
 
+    def _masks(self, masks, k: int, step, n: int):
+        """The dropout masks of step k of a block (None without dropout), drawn from the shared mask source
+        (advbp_cli.rng.DropoutMasks) site by site and turned into this backend's arrays by `_mask_array`."""
+        if not uses_dropout(self.arch, step):
+            return None
+        if masks is None:
+            raise ValueError("this step uses dropout: train_steps needs a mask source")
+        sites = dropout_sites(self.arch, step, n)
+        keep = masks.masks(k, sites)
+        return [None if kp is None else self._mask_array(kp, rate) for kp, (_, rate) in zip(keep, sites)]
+
+    def _mask_array(self, keep: np.ndarray, rate: float):
+        """One site's boolean keep-mask as the scaled mask the backend's step multiplies by."""
+        raise NotImplementedError
+
     @abstractmethod
     def set_params(self, params: dict[str, np.ndarray]) -> None: ...
 

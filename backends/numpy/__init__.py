@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import Backend, architecture, dropout_sites, uses_dropout
+from .. import Backend, architecture
 from . import step as _step
 from .layers import dropout_mask
 from .losses import loss_and_grad
@@ -56,14 +56,8 @@ class NumpyBackend(Backend):
     def asarray(self, x, *, labels=False):
         return np.ascontiguousarray(x, dtype=np.int64 if labels else self._dtype)
 
-    def _masks(self, masks, k, step, n):
-        if not uses_dropout(self.arch, step):
-            return None
-        if masks is None:
-            raise ValueError("this step uses dropout: train_steps needs a mask source")
-        sites = dropout_sites(self.arch, step, n)
-        keep = masks.masks(k, sites)
-        return [None if kp is None else dropout_mask(kp, rate, self._dtype) for kp, (_, rate) in zip(keep, sites)]
+    def _mask_array(self, keep, rate):
+        return dropout_mask(keep, rate, self._dtype)
 
     def train_steps(self, x, y, batches, step, masks=None, errors=None):
         if len(self.velocity) != len(self.params):

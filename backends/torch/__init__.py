@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import Backend, architecture, dropout_sites, uses_dropout
+from .. import Backend, architecture
 from . import step as _step
 from .layers import dropout_mask
 from .losses import loss_and_grad
@@ -67,16 +67,8 @@ class TorchBackend(Backend):
     def asarray(self, x, *, labels=False):
         return torch.as_tensor(np.asarray(x), dtype=torch.int64 if labels else self._dtype, device=self._device)
 
-    def _masks(self, masks, k, step, n):
-        if not uses_dropout(self.arch, step):
-            return None
-        if masks is None:
-            raise ValueError("this step uses dropout: train_steps needs a mask source")
-        sites = dropout_sites(self.arch, step, n)
-        keep = masks.masks(k, sites)
-        return [None if kp is None else dropout_mask(torch.as_tensor(kp).to(self._device, non_blocking=True), rate,
-                                                     self._dtype)
-                for kp, (_, rate) in zip(keep, sites)]
+    def _mask_array(self, keep, rate):
+        return dropout_mask(torch.as_tensor(keep).to(self._device, non_blocking=True), rate, self._dtype)
 
     @torch.no_grad()
     def train_steps(self, x, y, batches, step, masks=None, errors=None):
