@@ -76,22 +76,19 @@ def usable_cpus() -> int:
     return max(1, min(n, quota) if quota else n)
 
 
-def _cgroup_quota() -> int | None:
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The cgroup CPU limit in whole CPUs (rounded up), or None when there is none or it cannot be read."""
-    for path, parse in ((Path("/sys/fs/cgroup/cpu.max"), lambda t: t.split()[:2]),  # cgroup v2: "quota period"
-                        (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), None)):  # cgroup v1
-        try:
-            if parse:
-                quota, period = parse(path.read_text())
-            else:
-                quota = path.read_text().strip()
-                period = (path.parent / "cpu.cfs_period_us").read_text().strip()
-            if quota in ("max", "-1"):
-                return None
-            return max(1, math.ceil(int(quota) / int(period)))
-        except (OSError, ValueError):
-            continue
-    return None
+    try:
+        if (root / "cpu.max").is_file():  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:  # cgroup v1
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 def _positive_int(value: str | None) -> int | None:
