@@ -80,9 +80,9 @@ class LocalExecutor:
 
     def __call__(self, sweep_dir: Path, request, data_dir: Path, ev) -> list:
         from .rundir import RunDir
-        from .sweep import serial_executor
+        from .sweep import run_relpath, serial_executor
 
-        pending = [(p, s) for p, s in request.runs() if not RunDir(Path(sweep_dir) / f"{p}/seed-{s}").is_complete()]
+        pending = [(p, s) for p, s in request.runs() if not RunDir(Path(sweep_dir) / run_relpath(p, s)).is_complete()]
         n = self.worker_count(request, pending)
         if n <= 1:
             return serial_executor(sweep_dir, request, data_dir, ev)

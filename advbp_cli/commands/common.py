@@ -52,7 +52,7 @@ THREADS_HELP = ("CPU threads for the arithmetic (torch and BLAS): N, or auto (de
 
 def threads_option(f):
     """--threads for commands that compute without a run config of their own (eval, attack, report)."""
-    return click.option("--threads", type=ThreadsParam(), default="auto", show_default=True,
+    return click.option("--threads", type=ThreadsParam(), default="auto", show_default=True, metavar="N|auto",
                         help="CPU threads for the arithmetic (torch and BLAS): N, or auto: all usable CPUs "
                              "(capped by OMP_NUM_THREADS when it is set).")(f)
 

@@ -47,8 +47,8 @@ OVERRIDES = {
               help="Measure the clean training error after every epoch (default on; off saves time).")
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None, help="Default: torch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--threads", type=ThreadsParam(), default=None, help=THREADS_HELP)
-@click.option("--workers", type=WorkersParam(), default=None,
+@click.option("--threads", type=ThreadsParam(), default=None, metavar="N|auto", help=THREADS_HELP)
+@click.option("--workers", type=WorkersParam(), default=None, metavar="N|auto",
               help="Local executor: runs trained at once, each in its own process (default auto: one per CPU a "
                    "run's threads use, at most the runs left; 1 trains them one after another in this process).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,

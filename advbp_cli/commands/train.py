@@ -107,7 +107,7 @@ def overrides_from(options: dict) -> dict:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("--seed", type=int, default=None, help="Seeds the initial weights and the batch order.")
 @click.option("--tf32/--no-tf32", default=None, help="Allow TF32 matmuls on CUDA (off by default).")
-@click.option("--threads", type=ThreadsParam(), default=None, help=THREADS_HELP)
+@click.option("--threads", type=ThreadsParam(), default=None, metavar="N|auto", help=THREADS_HELP)
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/PRESET-seedN).")
