@@ -70,8 +70,11 @@ def run_together(mode: str, n: int, root: Path, args) -> list[float]:
         os.sched_setaffinity(0, cpus)
 
     outs = [root / f"{mode}-{n}-{i}-{time.monotonic_ns()}" for i in range(n)]
+    # Each training in a session of its own, as when started from two terminals: with Linux's autogroup
+    # scheduling (sched_autogroup_enabled), processes of one session share one session's CPU time, so on a machine
+    # where other sessions run, two trainings in this script's session would each get half of what one got.
     procs = [subprocess.Popen(command(mode, out, args), env=env, preexec_fn=pin, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for out in outs]
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) for out in outs]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
@@ -90,6 +93,14 @@ def threads_of(root: Path, mode: str) -> str:
     return f"{r['resolved']['threads']} ({r['resolved'].get('threads_reason', '')})"
 
 
+def autogroup() -> str:
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return "autogroup scheduling: unknown"
+    return f"autogroup scheduling (CPU time shared per session first): {'on' if on else 'off'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("ADVBP_DATA_DIR"), help="folder holding mnist/")
@@ -106,7 +117,7 @@ def main() -> None:
     args.cpu_set = [int(c) for c in args.cpus.split(",")] if args.cpus else usable[:2]
     print(f"{len(args.cpu_set)} CPU(s) {args.cpu_set} of {len(usable)} usable; {args.preset}, {args.backend}, "
           f"{args.train_limit} images x {args.epochs} epoch(s); {args.repeats} repeat(s)")
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {autogroup()}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="advbp-contention-") as tmp:
         root = Path(tmp)

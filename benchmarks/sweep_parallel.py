@@ -11,6 +11,10 @@ It runs twice: serially (`--workers 1`: one run after another in one process, wh
 training and evaluation, without process start and data loading), so the serial sweep's runs give each run's
 time alone. Printed: wall(parallel) / sum of the runs' own times in the serial sweep (the goal: <= 0.6 on 2
 cores, where 0.5 is perfect), wall(parallel) / wall(serial), and the load average before and after.
+
+On a machine that other sessions keep busy this ratio cannot show much: with Linux's autogroup scheduling a
+session's processes share one session's CPU time, and a sweep's workers are in the sweep's session (as they should
+be: Ctrl-C in its terminal reaches them). Measure it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ def sweep(out: Path, workers: str, args) -> tuple[float, list[float]]:
     return wall, own
 
 
+def autogroup() -> str:
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return "autogroup scheduling: unknown"
+    return f"autogroup scheduling (CPU time shared per session first): {'on' if on else 'off'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("ADVBP_DATA_DIR"), help="folder holding mnist/")
@@ -57,7 +69,7 @@ def main() -> None:
     n_runs = len(PRESETS) * args.seeds
     print(f"{len(args.cpu_set)} CPU(s) {args.cpu_set} of {len(usable)} usable; {n_runs} runs of {args.train_limit} "
           f"images x {args.epochs} epoch(s), {args.backend}")
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {autogroup()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="advbp-sweep-bench-") as tmp:
         serial_wall, serial_own = sweep(Path(tmp) / "serial", "1", args)
         print(f"serial   (--workers 1):    wall {serial_wall:7.1f} s; runs' own times {sum(serial_own):7.1f} s "
