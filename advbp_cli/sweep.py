@@ -10,7 +10,8 @@ Layout of a sweep directory::
 
 A run is complete iff its summary.json exists (see RunDir). `run_one` trains one (preset, seed) given only
 plain values, so another executor can call it for each run in parallel: `run_sweep` takes an executor, by
-default `serial_executor` (one run after another, in this process); advbp_cli.executors holds the Ray one. The aggregate is always computed from the run directories' summary.json
+default `serial_executor` (one run after another, in this process); advbp_cli.parallel holds the CLI's default
+(worker processes on this machine) and advbp_cli.executors the Ray one. The aggregate is always computed from the run directories' summary.json
 files, never from values held in memory, so it equals what the runs recorded.
 """
 
