@@ -168,6 +168,16 @@ class RuntimeConfig(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = Field(0, ge=0)
     tf32: bool = Field(False, description="allow TF32 matmuls on CUDA (changes results; off by default)")
+    threads: Union[Literal["auto"], int] = Field(
+        "auto", description="CPU threads of the arithmetic (torch intra-op and BLAS): a positive integer, or auto "
+        "(one for small steps such as MNIST at batch 10, else this run's share of the CPUs; see advbp_cli/threads.py)")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v):
+        from .threads import parse_threads
+
+        return parse_threads(v)
 
     @model_validator(mode="after")
     def _numpy_is_cpu(self):
@@ -242,6 +252,7 @@ OPTION_FOR_FIELD = {
     ("runtime", "dtype"): "--dtype",
     ("runtime", "seed"): "--seed",
     ("runtime", "tf32"): "--tf32",
+    ("runtime", "threads"): "--threads",
 }
 
 

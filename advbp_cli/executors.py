@@ -52,18 +52,24 @@ def import_ray():
     return ray
 
 
-def make_executor(name: str, address: str | None, cpus_per_run: float | None, gpus_per_run: float | None):
+def make_executor(name: str, address: str | None, cpus_per_run: float | None, gpus_per_run: float | None,
+                  workers=None):
     """A context manager for `advbp sweep --executor NAME`, entered around the sweep; it yields the executor
-    to pass to `sweep.run_sweep` (None: the serial default). Checks the options before anything is written."""
+    to pass to `sweep.run_sweep`. Checks the options before anything is written."""
     given = [flag for flag, v in (("--address", address), ("--cpus-per-run", cpus_per_run),
                                   ("--gpus-per-run", gpus_per_run)) if v is not None]
     if name == "local":
         if given:
-            raise UsageProblem(f"{', '.join(given)} only apply to --executor ray (the local executor runs one run "
-                               "at a time in this process)")
-        return contextlib.nullcontext(None)
+            raise UsageProblem(f"{', '.join(given)} only apply to --executor ray (the local executor runs its runs "
+                               "in worker processes on this machine; --workers sets how many)")
+        from .parallel import LocalExecutor
+
+        return contextlib.nullcontext(LocalExecutor("auto" if workers is None else workers))
     if name != "ray":
         raise UsageProblem(f"invalid value for --executor: {name!r} (expected one of {', '.join(EXECUTORS)})")
+    if workers is not None:
+        raise UsageProblem("--workers applies to the local executor; with --executor ray every run is a Ray task "
+                           "(--cpus-per-run sets what each one reserves)")
     import_ray()
     if address is not None:
         check_address(address)

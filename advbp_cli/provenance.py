@@ -29,6 +29,8 @@ def git_commit() -> dict:
 def provenance(extra_libs: tuple[str, ...] = ()) -> dict:
     import numpy
 
+    from .threads import thread_counts
+
     libs = {"numpy": numpy.__version__}
     for name in extra_libs:
         mod = sys.modules.get(name)
@@ -40,6 +42,7 @@ def provenance(extra_libs: tuple[str, ...] = ()) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": libs,
+        "threads": thread_counts(),  # they decide float32 bits (advbp_cli/threads.py)
         "command": sys.argv,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -10,7 +10,8 @@ Layout of a sweep directory::
 
 A run is complete iff its summary.json exists (see RunDir). `run_one` trains one (preset, seed) given only
 plain values, so another executor can call it for each run in parallel: `run_sweep` takes an executor, by
-default `serial_executor` (one run after another, in this process); advbp_cli.executors holds the Ray one. The aggregate is always computed from the run directories' summary.json
+default `serial_executor` (one run after another, in this process); advbp_cli.parallel holds the CLI's default
+(worker processes on this machine) and advbp_cli.executors the Ray one. The aggregate is always computed from the run directories' summary.json
 files, never from values held in memory, so it equals what the runs recorded.
 """
 
@@ -40,7 +41,7 @@ FORMAT = "advbp-sweep/1"
 DEFAULT_SEEDS = 5  # the paper averages 5 runs
 # Config fields that may differ between the sweep's request and a half-written run it resumes: where the
 # arithmetic runs, not what it computes.
-RUNTIME_ONLY = (("runtime", "backend"), ("runtime", "device"))
+RUNTIME_ONLY = (("runtime", "backend"), ("runtime", "device"), ("runtime", "threads"))
 
 
 # --------------------------------------------------------------------------------------------- the request
@@ -144,7 +145,7 @@ def resume_request(recorded: SweepRequest, targets: list[str], n_seeds: int | No
     if changed:
         raise UsageProblem(
             f"--resume must keep the sweep's settings ({_describe(kept)}); "
-            f"got {_describe(given)} (only --backend and --device may change; start a new sweep with another --out)"
+            f"got {_describe(given)} (only --backend, --device and --threads may change; start a new sweep with another --out)"
         )
     runtime = {"runtime": overrides["runtime"]} if "runtime" in overrides else {}
     presets = resolve_targets(targets) if targets else recorded.presets
@@ -182,13 +183,15 @@ class RunOutcome:
 
 
 def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data_dir: str | Path,
-            reporter=None, download: bool = False) -> RunOutcome:
+            reporter=None, download: bool = False, workers: int = 1, cpus: int | None = None) -> RunOutcome:
     """Trains (preset, seed) in SWEEP_DIR/PRESET/seed-K; the unit of work an executor schedules.
 
     Complete runs (summary.json present) are skipped. A half-written run with a checkpoint is resumed from its
     last completed epoch (the trainer drops any metrics past the checkpoint), one without a checkpoint starts
     again. Takes only plain values and locks its own run directory, so runs can be executed in any order and
-    in separate processes. TrainingDiverged is returned as status "diverged", not raised."""
+    in separate processes. TrainingDiverged is returned as status "diverged", not raised. `workers` runs share
+    `cpus` CPUs (default: all usable ones): the run's thread count is its share (advbp_cli.threads)."""
+    from .threads import resolve_threads
     from .trainer import Interrupted, train
 
     cfg = run_config(preset, seed, overrides)
@@ -208,7 +211,8 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
                 (run.path / name).unlink(missing_ok=True)
         first_epoch = _checkpoint_epoch(run) if resume else 0
         try:
-            summary = train(cfg, run, Path(data_dir), reporter=reporter, resume=resume, download=download)
+            summary = train(cfg, run, Path(data_dir), reporter=reporter, resume=resume, download=download,
+                            threads=resolve_threads(cfg.runtime.threads, cfg, cpus=cpus, workers=workers))
         except TrainingDiverged as exc:
             return RunOutcome(preset, seed, rel, "diverged", None, first_epoch, str(exc))
         except Interrupted:

@@ -25,6 +25,7 @@ from .provenance import provenance
 from .rng import DropoutMasks, epoch_permutation
 from .rundir import RunDir
 from .schedule import ScheduleState, after_epoch
+from .threads import ThreadChoice, apply_threads, threads_in_effect
 
 STEPS_PER_BLOCK = 500  # progress and NaN checks happen between blocks
 
@@ -58,12 +59,22 @@ def epoch_blocks(seed: int, epoch: int, n: int, batch_size: int, steps_per_block
         yield perm[n_full * batch_size :][None, :]
 
 
-def run_record(cfg: RunConfig, backend) -> dict:
+def run_record(cfg: RunConfig, backend, threads: ThreadChoice | None = None) -> dict:
     return {
         "config": cfg.model_dump(mode="json"),
-        "resolved": {"backend": backend.name, "device": backend.device, "dtype": backend.dtype},
+        "resolved": {"backend": backend.name, "device": backend.device, "dtype": backend.dtype,
+                     **thread_record(threads, backend.name)},
         "provenance": provenance(("torch",)),
     }
+
+
+def thread_record(threads: ThreadChoice | None, backend_name: str) -> dict:
+    """The run's thread count for config.json: the one advbp applied, or (a caller that set none, e.g. a library
+    user) the count in effect in the backend's library."""
+    if threads is not None:
+        return threads.to_json()
+    return {"threads": threads_in_effect(backend_name), "threads_setting": None,
+            "threads_reason": "not set by advbp: the libraries' defaults or the environment"}
 
 
 def _finite_params(params: dict) -> bool:
@@ -111,9 +122,13 @@ def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir, lr: fl
 
 
 def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None = None, resume: bool = False,
-          download: bool = True) -> dict:
-    """Trains cfg in `run` (already locked by the caller) and returns the summary."""
+          download: bool = True, threads: ThreadChoice | None = None) -> dict:
+    """Trains cfg in `run` (already locked by the caller) and returns the summary. `threads` (see
+    advbp_cli.threads.resolve_threads) is applied before any arithmetic, data preprocessing included; None leaves
+    the process's thread settings as they are."""
     rep = reporter or Reporter()
+    if threads is not None:
+        apply_threads(threads.threads)
     train_split, eval_split = load_splits(cfg.data, cfg.runtime.dtype, data_dir, download=download, log=rep.log)
     backend = build_backend(cfg)
     metrics: list[dict] = []
@@ -137,12 +152,14 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
         params = fresh_params(cfg)
     # The config on disk always describes the run as it is being continued (e.g. after --epochs N on resume), so
     # a later --resume after another interruption continues the same run.
-    record = run_record(cfg, backend)
+    record = run_record(cfg, backend, threads)
     if resume and run.is_run():
         old = run.read_config()
         record["provenance"] = old.get("provenance", record["provenance"])
         earlier = old.get("resumed") if isinstance(old.get("resumed"), list) else []
-        record["resumed"] = [*earlier, {"after_epoch": start_epoch, **_resume_note()}]
+        before = (old.get("resolved") or {}).get("threads") if isinstance(old.get("resolved"), dict) else None
+        record["resumed"] = [*earlier, {"after_epoch": start_epoch, "threads": record["resolved"]["threads"],
+                                        "threads_before": before, **_resume_note()}]
     run.write_config(record)
     if resume:  # extending a complete run: it is not complete again until the new summary is written
         run.summary_path.unlink(missing_ok=True)

@@ -166,11 +166,12 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def local_sweep(data_dir, tmp_path_factory):
-    """The reference: the same sweep with the local executor."""
+    """The reference: the same sweep with the local executor, in parallel worker processes (test_sweep_parallel.py
+    shows that it equals the serial one)."""
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("local") / "sw"
-    r = run_cli(["sweep", *PRESETS, *SMALL, "--out", str(out), "--data-dir", str(data_dir)])
+    r = run_cli(["sweep", *PRESETS, *SMALL, "--workers", "2", "--out", str(out), "--data-dir", str(data_dir)])
     assert r.exit_code == 0, r.stderr
     return out
 

@@ -37,7 +37,7 @@ from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem
 from ..networks import load_network
 from ..provenance import provenance
-from .common import backend_options, data_dir_option, emit_json, json_option
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
 
 @click.command("attack")
 @click.argument("source", type=click.Path())
@@ -65,6 +65,7 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Arithmetic of the gradient and of the stored npz inputs (default: the checkpoint's).")
 @backend_options
+@threads_option
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the sets.")
@@ -72,13 +73,14 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--compress/--no-compress", default=True, show_default=True, help="Deflate npz files (still no pickle).")
 @json_option
 def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, model_mode, dtype, backend, device,
-               data_dir, no_download, out_dir, overwrite, compress, as_json):
+               threads, data_dir, no_download, out_dir, overwrite, compress, as_json):
     """Write FGSM attack sets z = x + eps * sign(dJ/dx) computed with SOURCE (a run directory or checkpoint).
 
     One set per eps, each with its perturbed inputs, true labels, the indices of the source images and a JSON
     manifest (eps, split, clipping, data checksum, the source checkpoint's sha256 and config, advbp version,
     the source's error on the set). Evaluate other models on them with `advbp eval MODEL --attack-set FILE`.
     """
+    threads = apply_command_threads(threads)
     eps_list = parse_eps(eps_values)
     if fmt == "idx" and clip is False:
         raise UsageProblem("--format idx stores uint8 pixels in [0, 1] and cannot hold unclipped sets; "
@@ -166,6 +168,7 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
             "backend": net.name,
             "device": net.device,
             "dtype": net.dtype,
+            "threads": threads,
         },
         "zero_gradient_samples": grads.zero_samples,
         "zero_gradient_fraction": grads.zero_fraction,

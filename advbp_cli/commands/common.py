@@ -18,6 +18,54 @@ def data_dir_option(f):
     )(f)
 
 
+class ThreadsParam(click.ParamType):
+    """`--threads N|auto`: "auto" or a positive integer (advbp_cli.threads.parse_threads)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        from ..threads import EXPECTED, parse_threads
+
+        try:
+            return parse_threads(value)
+        except ValueError:
+            self.fail(f"{value!r} ({EXPECTED})", param, ctx)
+
+
+class WorkersParam(click.ParamType):
+    """`advbp sweep --workers N|auto`."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        from ..parallel import parse_workers
+
+        try:
+            return parse_workers(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} ({exc})", param, ctx)
+
+
+THREADS_HELP = ("CPU threads for the arithmetic (torch and BLAS): N, or auto (default): one thread for small "
+                "steps (MNIST at batch 10), else this process's share of the CPUs.")
+
+
+def threads_option(f):
+    """--threads for commands that compute without a run config of their own (eval, attack, report)."""
+    return click.option("--threads", type=ThreadsParam(), default="auto", show_default=True, metavar="N|auto",
+                        help="CPU threads for the arithmetic (torch and BLAS): N, or auto: all usable CPUs "
+                             "(capped by OMP_NUM_THREADS when it is set).")(f)
+
+
+def apply_command_threads(setting) -> int:
+    """Applies --threads of eval/attack/report before any arithmetic; returns the count."""
+    from ..threads import apply_threads, resolve_for_evaluation
+
+    n = resolve_for_evaluation(setting)
+    apply_threads(n)
+    return n
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for scripts).")(f)
 

@@ -13,7 +13,7 @@ from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem
 from ..evaluate import evaluate_arrays, hidden_sparsity
 from ..networks import load_network
-from .common import backend_options, data_dir_option, emit_json, json_option
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
 
 
 @click.command("eval")
@@ -35,13 +35,14 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
               help="Save the robustness curve (error per model, attack and eps) as .csv or .json.")
 @backend_options
+@threads_option
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @click.option("--max-error", type=click.FloatRange(min=0), default=None,
               help="Exit 1 when the clean error (%) is above this: a gate for CI.")
 @json_option
 def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size, curve_out, backend, device,
-             data_dir, no_download, max_error, as_json):
+             threads, data_dir, no_download, max_error, as_json):
     """Evaluate run directories or checkpoint files (any backend can load any checkpoint).
 
     With several SOURCEs and --attack-set FOLDER (or --fgsm-eps 0.05:0.5:0.05) it prints the robustness curve,
@@ -50,6 +51,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     """
     from ..attack import parse_eps
 
+    threads = apply_command_threads(threads)
     eps_list = parse_eps(fgsm_eps, "--fgsm-eps") if fgsm_eps else []
     curve_fmt = _curve_format(curve_out) if curve_out else None
     set_paths = _expand_sets(attack_sets)
@@ -115,6 +117,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
             "hidden_zero_fraction": hidden_sparsity(net, data.x),
             "backend": net.name,
             "device": net.device,
+            "threads": threads,
         }
         if max_error is not None:
             result["max_error"] = max_error

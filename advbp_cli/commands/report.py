@@ -7,7 +7,7 @@ import shlex
 
 import click
 
-from .common import backend_options, data_dir_option, emit_json, json_option
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
 
 
 @click.command("report")
@@ -20,16 +20,18 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--tiles", type=click.IntRange(min=1), default=100, show_default=True,
               help="First-layer units drawn per network in Figure 2.")
 @backend_options
+@threads_option
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @json_option
-def report_cmd(sources, out, fmt, limit, tiles, backend, device, data_dir, no_download, as_json):
+def report_cmd(sources, out, fmt, limit, tiles, backend, device, threads, data_dir, no_download, as_json):
     """Draw the paper's figures from one or more run directories or a sweep directory.
 
     Several runs go side by side, e.g. `advbp report runs/backprop runs/adv --out figures`.
     """
     from ..report import INDEX, make_report
 
+    apply_command_threads(threads)
     command = _command_line(sources, out, fmt, limit, tiles, backend, device, data_dir)
     result = make_report(list(sources), out, fmt, data_dir, limit, tiles=tiles, backend=backend, device=device,
                          download=not no_download, command=command, log=lambda m: click.echo(m, err=True))

@@ -14,7 +14,7 @@ from ..data.paths import resolve_data_dir
 from ..data.splits import ensure_dataset
 from ..errors import TrainingDiverged, UsageProblem
 from ..networks import require_device
-from .common import data_dir_option, emit_json, json_option, parse_int_list
+from .common import THREADS_HELP, ThreadsParam, WorkersParam, data_dir_option, emit_json, json_option, parse_int_list
 
 # CLI option -> config (section, field), applied to every run of the sweep.
 OVERRIDES = {
@@ -27,6 +27,7 @@ OVERRIDES = {
     "eval_train_error": ("data", "eval_train_error"),
     "backend": ("runtime", "backend"),
     "device": ("runtime", "device"),
+    "threads": ("runtime", "threads"),
 }
 
 
@@ -46,6 +47,10 @@ OVERRIDES = {
               help="Measure the clean training error after every epoch (default on; off saves time).")
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None, help="Default: torch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--threads", type=ThreadsParam(), default=None, metavar="N|auto", help=THREADS_HELP)
+@click.option("--workers", type=WorkersParam(), default=None, metavar="N|auto",
+              help="Local executor: runs trained at once, each in its own process (default auto: one per CPU a "
+                   "run's threads use, at most the runs left; 1 trains them one after another in this process).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Sweep directory (default runs/sweep-GROUP...); runs go to OUT/PRESET/seed-K.")
 @click.option("--resume", is_flag=True,
@@ -53,7 +58,7 @@ OVERRIDES = {
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Print the summary of the sweep in this directory and exit (no training).")
 @click.option("--executor", "executor_name", type=click.Choice(executors.EXECUTORS), default="local", show_default=True,
-              help="local: one run after another in this process. ray: every run a Ray task, in parallel "
+              help="local: parallel worker processes on this machine (--workers). ray: every run a Ray task "
                    "(pip install 'advbp[ray]'; the sweep directory must be on a filesystem all nodes share).")
 @click.option("--address", default=None, metavar="auto|HOST:PORT",
               help="--executor ray: the Ray cluster to use (auto: the one this node belongs to). "
@@ -66,7 +71,7 @@ OVERRIDES = {
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @json_option
 def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as_json, executor_name, address,
-              cpus_per_run, gpus_per_run, **options):
+              cpus_per_run, gpus_per_run, workers, **options):
     """Train every (preset, seed) of preset groups (see `advbp presets`) or presets, and compare with the paper.
 
     Prints, and writes to the sweep directory as summary.json/.csv/.md, the mean ± std over seeds of each
@@ -79,7 +84,7 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as
         _show(summary, as_json)
         return
 
-    executor = executors.make_executor(executor_name, address, cpus_per_run, gpus_per_run)
+    executor = executors.make_executor(executor_name, address, cpus_per_run, gpus_per_run, workers)
     if executor_name == "local":  # a Ray cluster's GPUs live on other nodes; only a local run can be checked here
         require_device(options.get("device"))
     sweep_dir, request = sw.plan(list(targets), seeds, _overrides(options), out, resume)

@@ -15,7 +15,7 @@ from ..data.splits import ensure_dataset
 from ..data.paths import resolve_data_dir
 from ..errors import UsageProblem
 from ..rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, RunDir
-from .common import data_dir_option, emit_json, json_option, parse_clip, parse_int_list
+from .common import THREADS_HELP, ThreadsParam, data_dir_option, emit_json, json_option, parse_clip, parse_int_list
 
 # CLI option -> (config section, field); None values mean "not given", so the preset or default stands.
 OVERRIDES = {
@@ -44,9 +44,10 @@ OVERRIDES = {
     "dtype": ("runtime", "dtype"),
     "seed": ("runtime", "seed"),
     "tf32": ("runtime", "tf32"),
+    "threads": ("runtime", "threads"),
 }
 # What may change when resuming: how many epochs, and where the arithmetic runs.
-RESUMABLE = {"epochs", "backend", "device"}
+RESUMABLE = {"epochs", "backend", "device", "threads"}
 
 
 def preset_config_values(name: str | None) -> dict:
@@ -106,6 +107,7 @@ def overrides_from(options: dict) -> dict:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("--seed", type=int, default=None, help="Seeds the initial weights and the batch order.")
 @click.option("--tf32/--no-tf32", default=None, help="Allow TF32 matmuls on CUDA (off by default).")
+@click.option("--threads", type=ThreadsParam(), default=None, metavar="N|auto", help=THREADS_HELP)
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/PRESET-seedN).")
@@ -175,9 +177,11 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from ..threads import resolve_threads
     from ..trainer import Reporter, train
 
     console = Console(stderr=True)
+    threads = resolve_threads(cfg.runtime.threads, cfg)
     progress = Progress(
         TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
         BarColumn(),
@@ -196,7 +200,7 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
         progress.start()
         console.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
                       f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
-                      f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}]")
+                      f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}, {threads.threads} thread(s)]")
         state["epoch"] = first_epoch + 1
         state["task"] = progress.add_task("train", total=steps_per_epoch, epoch=first_epoch + 1, epochs=epochs, loss=float("nan"))
         if first_epoch:
@@ -213,7 +217,7 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
 
     rep = Reporter(start=start, steps=steps, epoch_end=epoch_end, log=lambda m: console.print(m))
     try:
-        return train(cfg, run, data_path, reporter=rep, resume=resume)
+        return train(cfg, run, data_path, reporter=rep, resume=resume, threads=threads)
     finally:
         if progress.live.is_started:
             progress.stop()
