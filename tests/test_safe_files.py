@@ -556,18 +556,22 @@ def _faulty_paths(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     return {"under-a-file": (tmp_path / "a-file" / "out", "Not a directory"),
             "name-too-long": (tmp_path / ("n" * 300), "too long"),
-            "dangling-link": (tmp_path / "dangling", "does not exist")}
+            "dangling-link": (tmp_path / "dangling", "does not exist"),
+            "in-the-way": (tmp_path / "a-file", "is a file")}
 
 
-@pytest.mark.parametrize("fault", ["under-a-file", "name-too-long", "dangling-link"])
+@pytest.mark.parametrize("fault", ["under-a-file", "name-too-long", "dangling-link", "in-the-way"])
 @pytest.mark.parametrize("command", ["train", "sweep", "attack", "report", "eval --curve-out"])
 def test_an_output_path_that_cannot_be_written_is_one_line(command, fault, world, data_dir, tmp_path, cli):
     out, needle = _faulty_paths(tmp_path)[fault]
     if command == "eval --curve-out":
         if fault == "dangling-link":
             pytest.skip("--curve-out names a file: a link there is replaced, as any file the user names")
-        args = curve_args(data_dir, world["a"], world["sets-a"], Path(f"{out}.csv"))
-        needle = {"under-a-file": "Not a directory", "name-too-long": "too long"}[fault]
+        if fault == "in-the-way":
+            (tmp_path / "a-folder.csv").mkdir()
+        curve = tmp_path / "a-folder.csv" if fault == "in-the-way" else Path(f"{out}.csv")
+        args = curve_args(data_dir, world["a"], world["sets-a"], curve)
+        needle = {"under-a-file": "Not a directory", "name-too-long": "too long", "in-the-way": "is a directory"}[fault]
     else:
         args = {"train": train_args(data_dir, out), "sweep": sweep_args(data_dir, out),
                 "attack": attack_args(data_dir, world["a"], out), "report": report_args(data_dir, world["a"], out)}[command]
