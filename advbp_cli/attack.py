@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UsageProblem
-from .evaluate import evaluate_arrays
+from .evaluate import check_finite, evaluate_arrays
 
 MAX_EPS_VALUES = 1000
 LOSSES = ("model", "sigmoid_bce", "softmax_ce")
@@ -202,6 +202,14 @@ def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cf
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
     signs = np.empty(x.shape, dtype=np.int8)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a network out of range fails in error_of
+        _signs_into(signs, net, x, y, batch_size, masks, train_mode_cfg)
+    zero_rows = ~signs.any(axis=1)
+    zero_frac = float((signs == 0).mean()) if signs.size else 0.0
+    return Gradients(signs, int(zero_rows.sum()), zero_frac, batch_size)
+
+
+def _signs_into(signs, net, x, y, batch_size, masks, train_mode_cfg) -> None:
     for start in range(0, len(x), batch_size):
         stop = min(start + batch_size, len(x))
         xb, yb = net.asarray(x[start:stop]), net.asarray(y[start:stop], labels=True)
@@ -209,20 +217,34 @@ def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cf
             e = net.input_gradient(xb, yb)
         else:
             e = net.input_gradient(xb, yb, masks=masks, k=start // batch_size, step=train_mode_cfg.train)
+        if not np.isfinite(e).all():  # its sign would be no direction at all
+            raise UsageProblem("the source network's input gradient is NaN or Inf (weights or inputs out of range), "
+                               "so it defines no FGSM direction")
         np.sign(e, out=signs[start:stop], casting="unsafe")  # -1, 0, 1 straight into int8
-    zero_rows = ~signs.any(axis=1)
-    zero_frac = float((signs == 0).mean()) if signs.size else 0.0
-    return Gradients(signs, int(zero_rows.sum()), zero_frac, batch_size)
 
 
 def perturb(x: np.ndarray, signs: np.ndarray, eps: float, clip: tuple[float, float] | None) -> np.ndarray:
     """z = x + eps * sign(e), clipped to `clip` when given: bit for bit what the reference
     `backends/numpy/step.fgsm_perturb` computes (Algorithm 1 step 3), in place in one new array."""
     z = signs.astype(x.dtype)  # the signs are already -1, 0 or 1
-    z *= eps  # eps * sign in x's dtype, as in the reference
-    z += x
+    with np.errstate(over="ignore", invalid="ignore"):  # an eps beyond the dtype is refused by finite_inputs
+        z *= eps  # eps * sign in x's dtype, as in the reference
+        z += x
     if clip is not None:
         np.clip(z, clip[0], clip[1], out=z)
+    return z
+
+
+def finite_inputs(z: np.ndarray, eps: float, option: str) -> np.ndarray:
+    """FGSM inputs are an answer only if finite: an eps beyond the dtype's range makes x + eps * sign(e) Inf (or
+    NaN where sign(e) = 0), which no set may hold and no error rate may be computed from."""
+    with np.errstate(over="ignore"):
+        representable = bool(np.isfinite(np.asarray(eps, dtype=z.dtype)))
+    if not representable or not np.isfinite(z).all():  # (clipping would hide an eps that is Inf in the arithmetic)
+        limit = np.finfo(z.dtype).max
+        raise UsageProblem(f"invalid value for {option}: {eps:g} makes x + eps * sign(dJ/dx) overflow {z.dtype} (whose "
+                           f"largest value is {limit:.3g}) to Inf or NaN; the inputs are of order 1, use a far "
+                           f"smaller {option}")
     return z
 
 
@@ -239,8 +261,12 @@ def error_of(net, x: np.ndarray, y: np.ndarray) -> float:
 
     wrong = 0
     for start in range(0, len(x), CHUNK):
-        pred = net.logits(net.asarray(x[start:start + CHUNK])).argmax(axis=1)
-        wrong += int((pred != y[start:start + CHUNK]).sum())
+        with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+            logits = np.asarray(net.logits(net.asarray(x[start:start + CHUNK])))
+        if not np.isfinite(logits).all():
+            raise UsageProblem("the source network's outputs are NaN or Inf on these inputs, so the set has no error "
+                               "rate (weights or inputs out of range)")
+        wrong += int((logits.argmax(axis=1) != y[start:start + CHUNK]).sum())
     return wrong * 100 / len(y) if len(y) else float("nan")
 
 
@@ -251,6 +277,7 @@ def whitebox_errors(net, cfg, x, y, eps_list, clip, batch_size: int, loss: str =
     grads = fgsm_signs(gnet, x, y, batch_size)
     rows = []
     for eps in eps_list:
-        ev = evaluate_arrays(net, perturb(x, grads.signs, eps, clip), y)
+        z = finite_inputs(perturb(x, grads.signs, eps, clip), eps, "--fgsm-eps")
+        ev = check_finite(evaluate_arrays(net, z, y), f"white-box FGSM at eps {eps:g}")
         rows.append({"eps": eps, "error": ev.error, "loss": ev.loss, "n": ev.n, "gradient_loss": loss_name})
     return rows, grads

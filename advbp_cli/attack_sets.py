@@ -9,21 +9,27 @@ Two formats, both without pickle:
   described by `<name>.json`. The manifest says the pixels were quantised, and its errors are the errors on the
   quantised images (what a reader gets back), not on the float ones.
 
-Every set also gets a `<name>.json` manifest beside it, and the output folder a `manifest.json` listing its sets
-with their sha256. All files are written atomically (advbp_cli.files).
+Every set also gets a `<name>.json` manifest beside it with the sha256 of its data files, and the output folder a
+`manifest.json` listing its sets with the sha256 of their manifests. A folder is written as a whole
+(advbp_cli.outdir.StagedWrite) and read only through that chain of digests (`load_set`): a set whose files differ
+from what its folder records, or a folder mixing sets of different attacks, is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import outdir
 from .errors import UsageProblem
-from .files import atomic_path, write_json_atomic
+from .files import atomic_path, loads_finite, write_json_atomic
 
 FORMAT = "advbp-attack-set/1"
 DIR_FORMAT = "advbp-attack-dir/1"
@@ -85,23 +91,6 @@ def _idx_bytes(arr: np.ndarray, code: int) -> bytes:
     header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     data = arr.astype(">i4" if code == _IDX_INT32 else np.uint8).tobytes()
     return header + data
-
-
-def _read_idx_any(path: Path) -> np.ndarray:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in (_IDX_UINT8, _IDX_INT32):
-        raise UsageProblem(f"{path} is not an IDX file of uint8 or int32 values")
-    code, ndim = raw[2], raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    dtype = np.dtype(np.uint8) if code == _IDX_UINT8 else np.dtype(">i4")
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - offset != expected:
-        raise UsageProblem(f"{path} declares {expected} bytes of data but holds {len(raw) - offset}: truncated or corrupt")
-    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
 
 
 def _write_bytes(final: Path, data: bytes) -> None:
@@ -187,18 +176,10 @@ def _check_manifest(manifest, path: Path) -> dict:
     return manifest
 
 
-def _read_json(path: Path):
+def _load_npz(raw: bytes, path: Path) -> AttackSet:
+    """An npz set from its (already verified) bytes."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageProblem(f"{path} is not valid JSON ({exc})") from None
-
-
-def _load_npz(path: Path) -> AttackSet:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             missing = {"x", "y", "indices", "manifest"} - set(npz.files)
             if missing:
                 raise UsageProblem(f"{path} is not an advbp attack set: arrays {sorted(missing)} are missing")
@@ -219,46 +200,142 @@ def _load_npz(path: Path) -> AttackSet:
     return AttackSet(x, y.astype(np.int64), indices.astype(np.int64), _check_manifest(manifest, path), path)
 
 
-def _load_idx(manifest_path: Path, manifest: dict, dtype) -> AttackSet:
-    folder = manifest_path.parent
+def _idx_array(raw: bytes, path: Path) -> np.ndarray:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in (_IDX_UINT8, _IDX_INT32):
+        raise UsageProblem(f"{path} is not an IDX file of uint8 or int32 values")
+    code, ndim = raw[2], raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    dtype = np.dtype(np.uint8) if code == _IDX_UINT8 else np.dtype(">i4")
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise UsageProblem(f"{path} declares {expected} bytes of data but holds {len(raw) - offset}: truncated or corrupt")
+    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+
+
+def _load_idx(raws: dict[str, bytes], folder: Path, manifest: dict, dtype, path: Path) -> AttackSet:
     try:
-        files = {k: folder / manifest["files"][k] for k in ("images", "labels", "indices")}
+        names = {k: manifest["files"][k] for k in ("images", "labels", "indices")}
     except KeyError:
-        raise UsageProblem(f"{manifest_path} does not name the images, labels and indices files of its set") from None
-    images = _read_idx_any(files["images"])
-    labels = _read_idx_any(files["labels"])
-    indices = _read_idx_any(files["indices"])
+        raise UsageProblem(f"{path}: its manifest does not name the images, labels and indices files of its set") from None
+    images, labels, indices = (_idx_array(raws[k], folder / names[k]) for k in ("images", "labels", "indices"))
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise UsageProblem(f"{files['images']} and {files['labels']} must hold uint8 values")
+        raise UsageProblem(f"{folder / names['images']} and {folder / names['labels']} must hold uint8 values")
     x = dequantise(images.reshape(len(images), -1), dtype)
-    return AttackSet(x, labels.astype(np.int64), indices.astype(np.int64), manifest, manifest_path)
+    return AttackSet(x, labels.astype(np.int64), indices.astype(np.int64), manifest, path)
+
+
+# ---------------------------------------------------------------------------------------------- verified reads
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _locate(path: Path) -> tuple[Path, str]:
+    """(folder, set name) of a set given as its .npz, its .json manifest or its idx images file."""
+    name = path.name
+    for suffix in (".npz", ".json", "-images-idx3-ubyte"):
+        if name.endswith(suffix) and name != DIR_MANIFEST:
+            return path.parent, name[: -len(suffix)]
+    raise UsageProblem(f"{path}: expected an attack set's .npz file, its .json manifest or its idx images file")
+
+
+def _verified(folder: Path, name: str, want: str, recorded_by: Path) -> bytes:
+    """The bytes of folder/name, only if their sha256 is the one `recorded_by` records for them."""
+    try:
+        raw = outdir.read_bytes(folder, name)
+    except FileNotFoundError:
+        raise UsageProblem(f"{folder / name} is missing, but {recorded_by} lists it") from None
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {folder / name}: {exc.strerror or exc}") from None
+    got = hashlib.sha256(raw).hexdigest()
+    if got != want:
+        raise UsageProblem(f"{folder / name} has sha256 {got[:16]}..., but {recorded_by} records {want[:16]}... for "
+                           "it: the file was changed or replaced after 'advbp attack' wrote it")
+    return raw
+
+
+def read_dir_manifest(folder: str | Path) -> dict:
+    """A folder's manifest.json (as a committed write left it, see outdir.resolve), with the sha256 of every set's
+    manifest; the only record of which sets a folder holds."""
+    folder = Path(folder)
+    mpath = folder / DIR_MANIFEST
+    try:
+        raw = outdir.read_bytes(folder, DIR_MANIFEST)
+    except FileNotFoundError:
+        staged = " ('advbp attack' was interrupted before it finished; run it again)" if (
+            folder / outdir.STAGING).exists() else ""
+        raise UsageProblem(f"{folder} holds no {DIR_MANIFEST}: not a folder written by 'advbp attack'{staged}") from None
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {mpath}: {exc.strerror or exc}") from None
+    try:
+        manifest = loads_finite(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"{mpath} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != DIR_FORMAT:
+        raise UsageProblem(f"{mpath} is not an advbp attack folder manifest (expected format {DIR_FORMAT!r})")
+    sets = manifest.get("sets")
+    if not isinstance(sets, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("manifest") == f"{s['name']}.json"
+            and "/" not in s["name"] and isinstance(s.get("eps"), (int, float)) for s in sets):
+        raise UsageProblem(f"{mpath}: 'sets' is not a list of {{name, eps, manifest}} entries")
+    if not all(isinstance(s.get("manifest_sha256"), str) and _HEX64.match(s["manifest_sha256"]) for s in sets):
+        raise UsageProblem(f"{mpath} lists its sets without the sha256 of their manifests (written by an older "
+                           "advbp), so they cannot be verified; make them again with 'advbp attack'")
+    return manifest
 
 
 def load_set(path: str | Path, dtype="float32") -> AttackSet:
-    """An attack set from its .npz file, its .json manifest, or (idx) its images file. `dtype` is the float type
-    quantised idx pixels are scaled into; npz sets keep the dtype they were written with."""
+    """An attack set from its .npz file, its .json manifest or (idx) its images file, used only if every file is
+    the one its folder records: the folder's manifest.json lists the set with its manifest's sha256, that manifest
+    has the sha256 of each data file, and the set shares the folder's source, data set and attack. Non-finite inputs
+    and inputs outside the recorded clipping range are refused too. `dtype` is the float type quantised idx pixels
+    are scaled into; npz sets keep the dtype they were written with."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not outdir.resolve(path.parent, path.name).exists():  # (or still being moved in)
         raise UsageProblem(f"attack set {path} does not exist")
     if path.is_dir():
         raise UsageProblem(f"attack set {path} is a folder; name one of its sets (`advbp eval --attack-set FOLDER` takes all of them)")
-    if path.suffix == ".npz":
-        aset = _load_npz(path)
+    folder, name = _locate(path)
+    folder_manifest = read_dir_manifest(folder)
+    mpath = folder / DIR_MANIFEST
+    entry = next((s for s in folder_manifest["sets"] if s["name"] == name), None)
+    if entry is None:
+        raise UsageProblem(f"{path} is not one of the sets {mpath} lists, so it cannot be verified: advbp uses only "
+                           "sets of a folder written by 'advbp attack'")
+    sidecar = folder / entry["manifest"]
+    try:
+        manifest = _check_manifest(loads_finite(_verified(folder, entry["manifest"], entry["manifest_sha256"], mpath)),
+                                   sidecar)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"{sidecar} is not valid JSON ({exc})") from None
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict) or set(digests) != set(manifest["files"]) or not all(
+            isinstance(v, str) and _HEX64.match(v) for v in digests.values()):
+        raise UsageProblem(f"{sidecar}: manifest field 'sha256' must give the sha256 of each of its files")
+    _same_folder(manifest, folder_manifest, sidecar, mpath)
+    raws = {k: _verified(folder, f, digests[k], sidecar) for k, f in manifest["files"].items()}
+    if manifest["file_format"] == "npz":
+        if "data" not in raws:
+            raise UsageProblem(f"{sidecar} does not name its npz file (manifest files.data)")
+        aset = _load_npz(raws["data"], folder / manifest["files"]["data"])
+        if aset.manifest != {k: v for k, v in manifest.items() if k != "sha256"}:
+            raise UsageProblem(f"{folder / manifest['files']['data']}: its embedded manifest differs from {sidecar}")
+        aset.manifest, aset.path = manifest, path  # the sidecar also holds the files' sha256
     else:
-        if path.suffix != ".json":
-            candidate = path.parent / (path.name.split("-images-idx3-ubyte")[0] + ".json")
-            if path.name.endswith("-images-idx3-ubyte") and candidate.is_file():
-                path = candidate
-            else:
-                raise UsageProblem(f"{path}: expected an attack set's .npz file or its .json manifest")
-        manifest = _check_manifest(_read_json(path), path)
-        if manifest["file_format"] == "npz":
-            if "data" not in manifest["files"]:
-                raise UsageProblem(f"{path} does not name its npz file (manifest files.data)")
-            aset = _load_npz(path.parent / manifest["files"]["data"])
-            aset.manifest = manifest  # the sidecar also holds the file's sha256
-        else:
-            aset = _load_idx(path, manifest, dtype)
+        aset = _load_idx(raws, folder, manifest, dtype, path)
+    _check_arrays(aset, path)
+    return aset
+
+
+def _same_folder(manifest: dict, folder_manifest: dict, sidecar: Path, mpath: Path) -> None:
+    """Every set of a folder comes from the folder's one attack: same source checkpoint, data set and attack."""
+    for key in ("source", "dataset", "preprocess", "attack"):
+        if key in folder_manifest and manifest.get(key) != folder_manifest[key]:
+            what = {"source": "source checkpoint", "dataset": "data set", "preprocess": "preprocessing"}.get(key, key)
+            raise UsageProblem(f"{sidecar} has another {what} than {mpath} records for the folder: the folder mixes "
+                               "sets of different attacks")
+
+
+def _check_arrays(aset: AttackSet, path: Path) -> None:
     n = len(aset.x)
     if aset.x.ndim != 2 or len(aset.y) != n or len(aset.indices) != n:
         raise UsageProblem(
@@ -266,23 +343,19 @@ def load_set(path: str | Path, dtype="float32") -> AttackSet:
         )
     if aset.x.dtype.kind != "f":
         raise UsageProblem(f"{path}: inputs have dtype {aset.x.dtype}, expected float")
-    return aset
+    bad = int(np.size(aset.x) - np.isfinite(aset.x).sum())
+    if bad:
+        raise UsageProblem(f"{path}: {bad} of its inputs are NaN or infinite; a set of non-finite inputs has no error rate")
+    clip = aset.manifest.get("clip")
+    if clip is not None and n and (aset.x.min() < clip[0] or aset.x.max() > clip[1]):
+        raise UsageProblem(f"{path}: inputs range over [{aset.x.min():.6g}, {aset.x.max():.6g}], outside the clipping "
+                           f"range [{clip[0]:.6g}, {clip[1]:.6g}] its manifest records")
 
 
 def sets_in_dir(folder: str | Path) -> list[Path]:
-    """The set files of an attack folder, in the order of its manifest.json (ascending eps)."""
+    """The sets of an attack folder (each as its .json manifest), in ascending eps, as its manifest.json lists them."""
     folder = Path(folder)
-    mpath = folder / DIR_MANIFEST
-    if not mpath.is_file():
-        raise UsageProblem(f"{folder} holds no {DIR_MANIFEST}: not a folder written by 'advbp attack'")
-    manifest = _read_json(mpath)
-    if not isinstance(manifest, dict) or manifest.get("format") != DIR_FORMAT:
-        raise UsageProblem(f"{mpath} is not an advbp attack folder manifest (expected format {DIR_FORMAT!r})")
-    sets = manifest.get("sets")
-    if not isinstance(sets, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("manifest"), str) and "/" not in s["manifest"]
-            and isinstance(s.get("eps"), (int, float)) for s in sets):
-        raise UsageProblem(f"{mpath}: 'sets' is not a list of {{eps, manifest}} entries")
+    sets = read_dir_manifest(folder)["sets"]
     return [folder / s["manifest"] for s in sorted(sets, key=lambda s: s["eps"])]
 
 

@@ -14,7 +14,7 @@ from .commands.presets import presets_cmd
 from .commands.report import report_cmd
 from .commands.sweep import sweep_cmd
 from .commands.train import train_cmd
-from .errors import TrainingDiverged, UsageProblem
+from .errors import TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -66,7 +66,28 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Stopped: interrupted", err=True)
         code = 130
+    except OSError as exc:  # a path or a device the commands did not word themselves: still one line, exit 2
+        click.echo(f"Error: {_one_line(os_problem(exc, 'use ' + str(exc.filename) if exc.filename else 'continue'))}",
+                   err=True)
+        code = UsageProblem.exit_code
+    except Exception as exc:  # out of memory (MemoryError, or torch's allocation errors): one line naming the options
+        if not is_out_of_memory(exc):
+            raise
+        click.echo(f"Error: out of memory in 'advbp {_command_of(argv).strip() or 'command'}': "
+                   f"{MEMORY_HINTS.get(_command_of(argv).strip(), 'use smaller inputs')}", err=True)
+        code = UsageProblem.exit_code
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# What to make smaller when a command runs out of memory (the trainer words its own message, with the network size).
+MEMORY_HINTS = {
+    "train": "the network or its batches do not fit in this machine's memory; use a smaller --hidden, "
+             "--conv-channels or --batch-size",
+    "sweep": "a run does not fit in this machine's memory; use a smaller --hidden or --conv-channels",
+    "eval": "use a smaller --batch-size or --limit (or a smaller network)",
+    "attack": "use a smaller --batch-size or --limit (or a smaller network)",
+    "report": "use a smaller --limit (or a smaller network)",
+}
 
 
 def _command_of(argv: list[str] | None) -> str:

@@ -15,19 +15,38 @@ class Evaluation:
     error: float  # percent misclassified
     loss: float  # mean per-sample objective
     predictions: np.ndarray
+    nonfinite: int = 0  # samples whose outputs hold NaN or Inf: their argmax is no prediction (see check_finite)
 
 
 def evaluate_arrays(backend, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    preds, losses = [], []
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite outputs are counted instead
+        return _evaluate(backend, x, y)
+
+
+def _evaluate(backend, x: np.ndarray, y: np.ndarray) -> Evaluation:
+    preds, losses, bad = [], [], 0
     for start in range(0, len(x), CHUNK):
         xd = backend.asarray(x[start : start + CHUNK])
         yd = backend.asarray(y[start : start + CHUNK], labels=True)
-        preds.append(backend.logits(xd).argmax(axis=1))
+        logits = np.asarray(backend.logits(xd))
+        bad += int((~np.isfinite(logits)).any(axis=1).sum())
+        preds.append(logits.argmax(axis=1))
         losses.append(backend.loss_per_sample(xd, yd))
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     loss = np.concatenate(losses) if losses else np.zeros(0)
     err = float((pred != y).mean() * 100) if len(y) else float("nan")
-    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred)
+    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred, bad)
+
+
+def check_finite(ev: Evaluation, what: str) -> Evaluation:
+    """An evaluation is an answer only if every output and the loss are finite numbers: otherwise one line."""
+    from .errors import UsageProblem
+
+    if ev.nonfinite or not np.isfinite(ev.error) or not np.isfinite(ev.loss):
+        count = f"for {ev.nonfinite} of {ev.n} samples" if ev.nonfinite else "in its loss"
+        raise UsageProblem(f"{what}: the network's outputs are NaN or Inf {count}, so there is no error rate to "
+                           "report (weights or inputs out of range)")
+    return ev
 
 
 def hidden_sparsity(backend, x: np.ndarray) -> list[float]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .backends import load_backend
-from .checkpoint import check_params, check_same_model, expected_shapes, read_checkpoint, split_optimizer_state
+from .checkpoint import check_params, check_same_record, expected_shapes, read_checkpoint, split_optimizer_state
 from .config import RunConfig
 from .errors import UsageProblem
 from .rng import init_from_shapes
@@ -64,7 +64,7 @@ def load_network(source: str | Path, backend: str | None = None, device: str | N
         raise UsageProblem(f"the config in {origin} is not valid: {str(exc).splitlines()[0]}") from None
     check_params(ckpt, params, cfg.model)
     if source.is_dir():
-        check_same_model(ckpt, meta, cfg.model, origin)
+        check_same_record(ckpt, meta, cfg, origin)
     params, _ = split_optimizer_state(params)
     net = build_backend(cfg, backend, device, dtype or str(params["layers.0.weight"].dtype))
     net.set_params(params)

@@ -11,14 +11,13 @@ Everything is read and computed before the output directory is touched, so bad i
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
+from . import __version__, outdir
 from .config import RunConfig
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
@@ -153,6 +152,8 @@ def read_run(path: Path) -> RunInfo:
     metrics = run.read_metrics()
     if not metrics:
         raise UsageProblem(f"run directory {path} has no completed epoch yet (its metrics.jsonl is empty)")
+    if run.checkpoint_path.is_file():  # config, checkpoint and metrics must be one run (an edited file is refused)
+        cfg, _, metrics = run.read_record()
     if any("eval_error" not in m for m in metrics):
         raise UsageProblem(f"{run.metrics_path} has lines without eval_error; is it an advbp run?")
     summary = None
@@ -320,7 +321,7 @@ def bar_of(group: Group):
 # --- the command -------------------------------------------------------------------------------------------
 def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | None, limit: int | None,
                 tiles: int = 100, backend: str | None = None, device: str | None = None, download: bool = True,
-                command: str = "", log=print) -> dict:
+                command: str = "", log=print, overwrite: bool = False) -> dict:
     if fmt not in FORMATS:
         raise UsageProblem(f"invalid value for --format: {fmt!r} (accepted: {', '.join(FORMATS)})")
     if not sources:
@@ -330,8 +331,7 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
             raise UsageProblem("give --out DIR when reporting on several directories")
         out = str(Path(sources[0]) / "report")
     out_path = Path(out)
-    if out_path.exists() and not out_path.is_dir():
-        raise UsageProblem(f"--out {out} exists and is not a directory")
+    outdir.check_writable(out_path, "report", "--out", overwrite)  # before any work; writes nothing
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
@@ -344,13 +344,9 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
     panels = build_panels(groups, raws, limit, backend, device, data_path, log)
     report = Report(groups, panels, list(sources), limit, tiles)
 
-    created = not out_path.exists()
-    try:
-        result = _render(report, out_path, fmt, command)
-    except BaseException:
-        if created:
-            shutil.rmtree(out_path, ignore_errors=True)
-        raise
+    # written as a whole: a failure or a kill leaves the previous report (or no folder), never half of one
+    with outdir.StagedWrite(out_path, "report", "--out", overwrite) as stage:
+        result = _render(report, stage.path, fmt, command)
     return result
 
 

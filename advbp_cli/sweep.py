@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import outdir
 from . import presets as preset_files
 from .config import RunConfig, build_config, deep_merge
-from .errors import TrainingDiverged, UsageProblem
+from .errors import TrainingDiverged, UsageProblem, os_problem
 from .files import write_json_atomic, write_text_atomic
 from .rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
 
@@ -111,6 +112,15 @@ def _without_runtime_only(overrides: dict) -> dict:
     for section, key in RUNTIME_ONLY:
         out.get(section, {}).pop(key, None)
     return {k: v for k, v in out.items() if v}
+
+
+def is_advbp_sweep(sweep_dir: Path) -> bool:
+    """A sweep directory of an advbp from before folder markers: its sweep.json is an advbp sweep record."""
+    try:
+        record = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == FORMAT
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -199,7 +209,7 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
     run = RunDir(Path(sweep_dir) / rel)
     if run.is_complete():
         return RunOutcome(preset, seed, rel, "skipped", run.read_summary())
-    run.lock()
+    run.lock(adopt=True)  # a folder advbp did not write is refused; a run of an older advbp is continued
     try:
         if run.is_complete():  # finished by another process while we waited for nothing (lock is non-blocking)
             return RunOutcome(preset, seed, rel, "skipped", run.read_summary())
@@ -215,6 +225,10 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
                             threads=resolve_threads(cfg.runtime.threads, cfg, cpus=cpus, workers=workers))
         except TrainingDiverged as exc:
             return RunOutcome(preset, seed, rel, "diverged", None, first_epoch, str(exc))
+        except UsageProblem:  # e.g. a full disk or out of memory before the first checkpoint: nothing half-made stays
+            if not run.checkpoint_path.exists():
+                run.undo()
+            raise
         except Interrupted:
             raise Interrupted(f"interrupted in {run.path}; completed epochs are saved. "
                               f"Resume the sweep with: advbp sweep --resume --out {sweep_dir}") from None
@@ -259,7 +273,7 @@ def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
             if not run.is_complete():
                 runs.append({"preset": preset, "seed": seed, "run_dir": rel, "complete": False})
                 continue
-            s = run.read_summary()
+            s = run.read_verified_summary()  # summary, metrics, config and checkpoint must be one record
             h = s["headline"]
             statistic = statistic or h["statistic"]
             values.append(h["value"])
@@ -482,6 +496,8 @@ def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | No
     if not targets and not (resume and out):
         resolve_targets([])  # raises the usage message naming the groups
     sweep_dir = Path(out) if out else default_sweep_dir(targets)
+    # a file in the way, another kind of advbp folder, a folder advbp did not write: refused, with or without --resume
+    outdir.inspect(sweep_dir, "sweep", "--out", adopt=is_advbp_sweep)
     exists = (sweep_dir / SWEEP_FILE).is_file()
     if resume and exists:
         return sweep_dir, resume_request(request_from_record(read_sweep(sweep_dir)), targets, n_seeds, overrides)
@@ -489,8 +505,6 @@ def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | No
         raise UsageProblem(f"--resume: {sweep_dir} holds no sweep ({SWEEP_FILE} missing); give GROUP_OR_PRESETS to start one")
     if not resume and exists:
         raise UsageProblem(f"--out {sweep_dir} already holds a sweep; add --resume to continue it, or use another --out")
-    if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
-        raise UsageProblem(f"--out {sweep_dir} exists and is not empty; use another --out")
     # --resume of a directory without a sweep simply starts it (so one command line serves both cases)
     return sweep_dir, make_request(targets, DEFAULT_SEEDS if n_seeds is None else n_seeds, overrides)
 
@@ -536,18 +550,27 @@ def run_sweep(sweep_dir: Path, request: SweepRequest, data_dir: Path, events: Sw
     "skipped" are listed in the summary's "failures" (with their status), the others are summarised."""
     ev = events or SweepEvents()
     execute = executor or serial_executor
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunDir(sweep_dir)  # the same flock as a run directory: one driver per sweep directory
-    lock.lock()
+    # one driver per sweep directory (the same flock as a run directory), in a folder advbp owns (outdir)
+    lock = outdir.take(sweep_dir, "sweep", "--out", adopt=is_advbp_sweep)
     try:
-        for name in SUMMARY_FILES:  # a summary is only ever the aggregate of the request being run
-            (sweep_dir / name).unlink(missing_ok=True)
-        record_request(sweep_dir, request)
+        try:
+            for name in SUMMARY_FILES:  # a summary is only ever the aggregate of the request being run
+                (sweep_dir / name).unlink(missing_ok=True)
+            record_request(sweep_dir, request)
+        except BaseException as exc:
+            lock.undo()  # a sweep that could not even record its request leaves nothing behind
+            if isinstance(exc, OSError):
+                raise os_problem(exc, f"write {exc.filename or sweep_dir}") from None
+            raise
         outcomes = execute(sweep_dir, request, data_dir, ev)
         failures = [o for o in outcomes if o.status not in ("done", "skipped")]
         summary = aggregate(sweep_dir, request)
         summary["failures"] = [{"run_dir": f.run_dir, "status": f.status, "message": f.message} for f in failures]
-        write_summary(sweep_dir, summary)
+        try:
+            write_summary(sweep_dir, summary)
+        except OSError as exc:
+            raise os_problem(exc, f"write {exc.filename or sweep_dir} (the runs are saved; 'advbp sweep --resume "
+                                  f"--out {sweep_dir}' writes the summary again)") from None
         return summary
     finally:
-        lock.unlock()
+        lock.release()

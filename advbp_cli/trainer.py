@@ -15,15 +15,16 @@ from typing import Callable
 import numpy as np
 
 from .backends import architecture, uses_dropout
-from .checkpoint import check_params, check_same_model, read_checkpoint, save_checkpoint, split_optimizer_state
+from .checkpoint import (check_params, check_same_record, differing_fields, read_checkpoint, save_checkpoint,
+                         split_optimizer_state)
 from .config import RunConfig
 from .data import load_splits
-from .errors import TrainingDiverged, UsageProblem
+from .errors import TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
 from .evaluate import evaluate_arrays, mean_last_epochs
 from .networks import build_backend, fresh_params
 from .provenance import provenance
 from .rng import DropoutMasks, epoch_permutation
-from .rundir import RunDir
+from .rundir import METRICS_DIGEST, RunDir
 from .schedule import ScheduleState, after_epoch
 from .threads import ThreadChoice, apply_threads, threads_in_effect
 
@@ -112,20 +113,69 @@ def _interrupted_message(run: RunDir, saved: int, epochs: int) -> str:
             f"(checkpoint and metrics; epoch {saved + 1} starts again). {hint}")
 
 
-def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir, lr: float | None = None) -> str:
+def _diverged_message(what: str, epoch: int, cfg: RunConfig, run: RunDir, lr: float | None = None,
+                      input_scale: float = 1.0) -> str:
     kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.path}" if epoch > 0 else
             f"no checkpoint was written (epoch 1 diverged; {run.path} holds only the config)")
     lr_now = cfg.train.lr if lr is None else lr
     return (f"training diverged: {what} in epoch {epoch + 1} with learning rate {lr_now} (--lr); {kept}. "
-            f"The learning rate is the likely cause (or a large --init-std, now {cfg.model.init_std}): "
+            + _likely_cause(cfg, input_scale))
+
+
+def _likely_cause(cfg: RunConfig, input_scale: float) -> str:
+    """The option that most likely made a run diverge: an eps far beyond the inputs' own range (x + eps sign(e)
+    then swamps or overflows every input), a huge --init-std, else the learning rate."""
+    t, m = cfg.train, cfg.model
+    if t.method == "adversarial" and t.eps > 10 * max(input_scale, 1e-12):
+        return (f"Likely cause: --eps {t.eps:g}, far larger than the inputs (largest |x| {input_scale:.3g}), so the "
+                "perturbed inputs swamp or overflow: try a smaller --eps (the paper's MNIST eps is 0.08)")
+    if m.init_std > 1:
+        return (f"Likely cause: --init-std {m.init_std:g} (the paper uses 0.01): initial weights this large overflow "
+                "the activations; try a smaller --init-std")
+    return (f"The learning rate is the likely cause (or a large --init-std, now {m.init_std}): "
             "try a smaller --lr")
+
+
+def _saved_text(run: RunDir, saved: int) -> str:
+    if saved == 0:
+        return "no epoch was saved"
+    return f"epochs 1-{saved} are saved in {run.path} and stay resumable: advbp train --resume {run.path}"
+
+
+def _memory_message(cfg: RunConfig, run: RunDir, saved: int) -> str:
+    from .backends import architecture
+
+    n = sum(int(np.prod(s)) for s in architecture(cfg.model).param_shapes().values())
+    gib = n * np.dtype(cfg.runtime.dtype).itemsize / 2**30
+    layers = "--hidden" + (" or --conv-channels" if cfg.model.arch == "conv" else "")
+    return (f"out of memory: the network ({'-'.join(map(str, [cfg.model.input_size, *cfg.model.hidden]))}-"
+            f"{cfg.model.num_classes}, {n:,} parameters, {gib:.3g} GiB per copy in {cfg.runtime.dtype}) with batches "
+            f"of {cfg.train.batch_size} does not fit in this machine's memory; use a smaller {layers} or "
+            f"--batch-size; {_saved_text(run, saved)}")
 
 
 def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None = None, resume: bool = False,
           download: bool = True, threads: ThreadChoice | None = None) -> dict:
     """Trains cfg in `run` (already locked by the caller) and returns the summary. `threads` (see
     advbp_cli.threads.resolve_threads) is applied before any arithmetic, data preprocessing included; None leaves
-    the process's thread settings as they are."""
+    the process's thread settings as they are. An OS error (a full disk, a file-size limit, ...) or running out of
+    memory ends in one UsageProblem line naming the file or the options and the epochs that are saved and stay
+    resumable."""
+    progress = {"saved": 0}
+    try:
+        return _train(cfg, run, data_dir, reporter, resume, download, progress, threads)
+    except OSError as exc:
+        name = exc.filename if exc.filename is not None else run.path
+        doing = f"write {name}" if Path(name).parent == run.path else f"use {name}"
+        raise UsageProblem(f"{os_problem(exc, doing)}; {_saved_text(run, progress['saved'])}") from None
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise UsageProblem(_memory_message(cfg, run, progress["saved"])) from None
+        raise
+
+
+def _train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter, resume: bool, download: bool, progress: dict,
+           threads: ThreadChoice | None) -> dict:
     rep = reporter or Reporter()
     if threads is not None:
         apply_threads(threads.threads)
@@ -138,7 +188,7 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     if resume and run.checkpoint_path.is_file():
         params, meta = read_checkpoint(run.checkpoint_path)
         check_params(run.checkpoint_path, params, cfg.model)
-        check_same_model(run.checkpoint_path, meta, cfg.model, str(run.config_path))
+        check_same_record(run.checkpoint_path, meta, cfg, str(run.config_path))
         params, opt_state = split_optimizer_state(params)
         if "schedule" in meta:
             sched = ScheduleState.from_json(meta["schedule"], str(run.checkpoint_path))
@@ -146,6 +196,8 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
         metrics = run.read_metrics()[:start_epoch]
         if len(metrics) != start_epoch:
             raise UsageProblem(f"{run.metrics_path} has {len(metrics)} epochs but the checkpoint is at epoch {start_epoch}")
+        run.check_metrics(meta, start_epoch)
+        progress["saved"] = start_epoch
         if start_epoch > cfg.train.epochs:
             raise UsageProblem(f"{run.path} already has {start_epoch} epochs; --epochs must be at least that (got {cfg.train.epochs})")
     else:
@@ -159,7 +211,7 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
         earlier = old.get("resumed") if isinstance(old.get("resumed"), list) else []
         before = (old.get("resolved") or {}).get("threads") if isinstance(old.get("resolved"), dict) else None
         record["resumed"] = [*earlier, {"after_epoch": start_epoch, "threads": record["resolved"]["threads"],
-                                        "threads_before": before, **_resume_note()}]
+                                        "threads_before": before, **_resume_note(old, record)}]
     run.write_config(record)
     if resume:  # extending a complete run: it is not complete again until the new summary is written
         run.summary_path.unlink(missing_ok=True)
@@ -172,12 +224,15 @@ def train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter: Reporter | None
     steps_per_epoch = math.ceil(n / tc.batch_size)
     rep.start(start_epoch, tc.epochs, steps_per_epoch)
     # Overflow is checked for explicitly (TrainingDiverged below), so numpy's overflow warnings would only be noise.
+    scale = float(np.abs(train_split.x).max()) if n else 1.0  # names --eps when a far larger eps diverges
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        summary = _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched)
+        summary = _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched,
+                          progress, scale)
     return summary
 
 
-def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched) -> dict:
+def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched, progress,
+            scale) -> dict:
     tc = cfg.train
     n = len(train_split.x)
     t_run = time.perf_counter()
@@ -202,14 +257,14 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
                 if not np.isfinite(losses).all():
                     bad = steps + int(np.argmin(np.isfinite(losses)))
                     raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}",
-                                                             epoch, cfg, run, sched.lr))
+                                                             epoch, cfg, run, sched.lr, scale))
                 loss_sum += float(losses.sum())
                 wrong += int(extra["errors"].sum()) if count_errors else 0
                 steps += len(losses)
                 rep.steps(len(losses), float(losses.mean()))
             params_now = backend.get_params()
             if not _finite_params(params_now):
-                raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run, sched.lr))
+                raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run, sched.lr, scale))
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
             if tc.schedule != "constant":
@@ -221,6 +276,10 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
                 row["train_error"] = ev.error
                 row["train_clean_loss"] = ev.loss
             ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
+            bad = [k for k, v in row.items() if not np.isfinite(v)] + (["eval_loss"] if not np.isfinite(ev.loss) else [])
+            if bad or ev.nonfinite:  # never a metric, a headline or a checkpoint of a network that computes NaN
+                raise TrainingDiverged(_diverged_message(f"the {', '.join(bad) or 'network outputs'} became NaN or Inf",
+                                                         epoch, cfg, run, sched.lr, scale))
             row.update(eval_error=ev.error, eval_loss=ev.loss, train_seconds=train_seconds,
                        seconds=time.perf_counter() - t0)
             watched = row.get("train_pass_error" if tc.schedule_error == "train_pass" else "train_error")
@@ -229,10 +288,10 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
             tensors = {**params_now, **backend.get_optimizer_state()}
             # metrics first, then the checkpoint: on resume the checkpoint's epoch decides, and extra lines are dropped
             with _sigint_deferred():
-                run.write_metrics(metrics)
+                digest = run.write_metrics(metrics)
                 save_checkpoint(run.checkpoint_path, tensors, cfg.model_dump(mode="json"), epoch + 1,
-                                extra={"schedule": sched.to_json()})
-                saved = epoch + 1
+                                extra={"schedule": sched.to_json(), METRICS_DIGEST: digest})
+                saved = progress["saved"] = epoch + 1
             rep.epoch_end(row)
             if sched.stop_reason:
                 rep.log(f"stopping after epoch {epoch + 1}: {sched.stop_reason}")
@@ -245,11 +304,21 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
     return summary
 
 
-def _resume_note() -> dict:
+def _resume_note(old: dict, new: dict) -> dict:
+    """A resume event for config.json: when, the command, and what changed that may change (checkpoint.MAY_CHANGE:
+    --epochs, --backend, --device, ...), each as [before, after]; the resolved backend and device likewise."""
     import sys
     from datetime import datetime, timezone
 
-    return {"command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    from .checkpoint import flat_fields
+
+    before, after = old.get("config") or {}, new["config"]
+    changed = {k: [flat_fields(before).get(k), flat_fields(after).get(k)]
+               for k in differing_fields(before, after, identity=False)}
+    res_old, res_new = old.get("resolved") or {}, new.get("resolved") or {}
+    changed.update({f"resolved.{k}": [res_old.get(k), res_new[k]] for k in res_new if res_old.get(k) != res_new[k]})
+    return {"command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "changed": changed}
 
 
 def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float, stop_reason: str | None = None) -> dict:

@@ -134,3 +134,49 @@ def cifar_runs(cifar_data_dir, tmp_path_factory) -> dict[str, Path]:
         assert r.exit_code == 0, r.stderr
         out[name] = root / name
     return out
+
+
+# --- attack sets as a forger would write them -----------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def forge_set(folder: Path, name: str, arrays: dict, manifest: dict, folder_fields: dict | None = None,
+              **override) -> Path:
+    """Writes an npz attack set, its <name>.json manifest and its entry in folder/manifest.json with every sha256
+    recomputed, as someone who knows the format would: the chain of digests holds, so whatever advbp still refuses
+    is refused for the content. `manifest` gets this set's name, format and file; `override` fields are set last
+    (hostile values); `folder_fields` are the folder manifest's own fields (e.g. a real folder's source)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.npz"
+    keep = {k: v for k, v in manifest.items() if k not in ("sha256", "name", "files", "format", "file_format")}
+    manifest = {"format": "advbp-attack-set/1", "name": name, "file_format": "npz", "files": {"data": data.name},
+                **keep, **override}
+    arrays = {**arrays, "manifest": np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)}
+    np.savez(data, **arrays)
+    sidecar = folder / f"{name}.json"
+    files = manifest["files"] if isinstance(manifest["files"], dict) else {}
+    sidecar.write_text(json.dumps({**manifest, "sha256": {k: sha256_file(data) for k in files}}))
+    listing = folder / "manifest.json"
+    record = json.loads(listing.read_text()) if listing.is_file() else {"format": "advbp-attack-dir/1",
+                                                                         **(folder_fields or {}), "sets": []}
+    eps = manifest.get("eps") if isinstance(manifest.get("eps"), (int, float)) else 0.0
+    record["sets"] = [s for s in record["sets"] if s["name"] != name] + [
+        {"eps": eps, "name": name, "manifest": sidecar.name, "manifest_sha256": sha256_file(sidecar)}]
+    listing.write_text(json.dumps(record))
+    return data
+
+
+def read_set_arrays(path: Path) -> tuple[dict, dict]:
+    """(arrays, embedded manifest) of an npz attack set, to copy into a forged one."""
+    import json
+
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    manifest = json.loads(arrays.pop("manifest").tobytes().decode())
+    return arrays, manifest

@@ -13,7 +13,7 @@ from advbp_cli.attack import fgsm_signs, gradient_network, parse_eps, perturb
 from advbp_cli.backends import load_backend
 from advbp_cli.config import RunConfig
 from advbp_cli.errors import UsageProblem
-from conftest import fresh, small_model
+from conftest import forge_set, fresh, read_set_arrays, small_model
 
 LIMIT = 300  # images per attack set in the CLI tests
 
@@ -279,12 +279,9 @@ def test_existing_sets_need_overwrite(cli, data_dir, runs, tmp_path):
 def test_mismatched_input_shape_refused(cli, data_dir, npz_sets, runs, tmp_path):
     """A set whose images do not have the model's input size (here cut to 100 features) is refused. (A config
     with a model of another input size than its dataset cannot be built any more: RunConfig refuses it.)"""
-    src = npz_sets["clip"] / "fgsm-eps0.25.npz"
-    with np.load(src, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays, manifest = read_set_arrays(npz_sets["clip"] / "fgsm-eps0.25.npz")
     arrays["x"] = np.ascontiguousarray(arrays["x"][:, :100])
-    bad = tmp_path / "narrow.npz"
-    np.savez(bad, **arrays)
+    bad = forge_set(tmp_path / "sets", "narrow", arrays, manifest)  # every digest fits: the content is refused
     r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
     assert r.exit_code == 2, r.stderr
     assert "784" in r.stderr and "100" in r.stderr and "Traceback" not in r.stderr
@@ -292,14 +289,9 @@ def test_mismatched_input_shape_refused(cli, data_dir, npz_sets, runs, tmp_path)
 
 
 def test_mismatched_dataset_refused(cli, data_dir, npz_sets, runs, tmp_path):
-    src = npz_sets["clip"] / "fgsm-eps0.25.npz"
-    with np.load(src, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    manifest = json.loads(arrays["manifest"].tobytes().decode())
+    arrays, manifest = read_set_arrays(npz_sets["clip"] / "fgsm-eps0.25.npz")
     manifest["dataset"]["name"] = "cifar10"
-    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    bad = tmp_path / "cifar.npz"
-    np.savez(bad, **arrays)
+    bad = forge_set(tmp_path / "sets", "cifar", arrays, manifest)
     r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
     assert r.exit_code == 2 and "'cifar10'" in r.stderr and "'mnist'" in r.stderr
 
@@ -321,12 +313,8 @@ def test_unreadable_sets_refused(cli, data_dir, runs, tmp_path, kind):
 @pytest.mark.parametrize("field,value", [("eps", "0.25"), ("files", {"data": "../elsewhere.npz"}), ("dataset", None),
                                          ("clip", [0])])
 def test_hostile_manifest_fields_refused(cli, data_dir, npz_sets, runs, tmp_path, field, value):
-    with np.load(npz_sets["clip"] / "fgsm-eps0.25.npz", allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    manifest = dict(json.loads(arrays["manifest"].tobytes().decode()), **{field: value})
-    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, **arrays)
+    arrays, manifest = read_set_arrays(npz_sets["clip"] / "fgsm-eps0.25.npz")
+    bad = forge_set(tmp_path / "sets", "bad", arrays, manifest, **{field: value})
     r = cli(["eval", str(runs["src"]), "--attack-set", str(bad), "--limit", "10", "--data-dir", str(data_dir)])
     assert r.exit_code == 2 and f"manifest field {field!r}" in r.stderr and "Traceback" not in r.stderr
 

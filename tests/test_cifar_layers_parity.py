@@ -601,9 +601,10 @@ def test_the_schedule_stops_a_run_normally_and_says_why(fake_data, tmp_path):
 
 
 def test_checkpoints_written_before_conv_layers_still_match_their_config(tmp_path):
-    from advbp_cli.checkpoint import check_same_model
+    from advbp_cli.checkpoint import check_same_record
+    from advbp_cli.config import RunConfig
 
     model = ModelConfig(hidden=[20])
     old = {k: v for k, v in model.model_dump(mode="json").items()
            if k in ("input_size", "hidden", "activation", "output", "num_classes", "init_std")}
-    check_same_model(tmp_path / "c", {"config": json.dumps({"model": old})}, model, "config.json")
+    check_same_record(tmp_path / "c", {"config": json.dumps({"model": old})}, RunConfig(model=model), "config.json")

@@ -75,7 +75,8 @@ def test_one_run_renders_figures_1_to_3_as_png_of_the_expected_size(runs, data_d
         assert img.shape[:2] == (h, w) and img.std() > 0  # not blank
         assert path.stat().st_size < 200_000
     assert {f["file"] for f in meta["figures"].values()} == {f"{n}.png" for n in FIGS}  # no Figure 4 for a run
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))  # atomic writes leave no temporaries
+    # atomic writes leave no temporaries, and the folder holds nothing of advbp's besides its marker
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [".advbp-folder.json"]
     index = (out / "index.md").read_text()
     for name in FIGS:
         assert f"]({name}.png)" in index

@@ -180,9 +180,12 @@ def test_ctrl_c_stops_every_worker_exits_130_and_resumes(cli, data_dir, tmp_path
 
 
 def test_a_worker_that_dies_or_fails_is_reported_and_the_others_complete(cli, data_dir, tmp_path):
+    from advbp_cli.outdir import write_marker
     from advbp_cli.rundir import RunDir
 
     out = tmp_path / "sw"
+    out.mkdir()
+    write_marker(out, "sweep")  # a sweep folder of advbp's: advbp writes only into its own folders
     holder = RunDir(out / PRESETS[1] / "seed-0")  # locked by this process: that run fails for a real reason
     holder.lock()
     try:

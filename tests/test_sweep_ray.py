@@ -324,7 +324,11 @@ def test_runs_failing_for_a_real_reason_are_reported_not_retried(cli, data_dir, 
     from advbp_cli.sweep import make_request, run_sweep
 
     # seed-1's run directory is locked by another process (here: this one): a UsageProblem in its task
+    from advbp_cli.outdir import write_marker
+
     out = tmp_path / "sw"
+    out.mkdir()
+    write_marker(out, "sweep")  # a sweep folder of advbp's (advbp writes only into its own folders)
     holder = RunDir(out / PRESETS[1] / "seed-1")
     holder.lock()
     try:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from .. import __version__, outdir
 from ..attack import (
     LOSSES,
     clip_rule,
     error_of,
     fgsm_signs,
+    finite_inputs,
     gradient_network,
     parse_eps,
     perturb,
@@ -25,7 +26,6 @@ from ..attack_sets import (
     DIR_MANIFEST,
     IMAGE_SHAPES,
     dequantise,
-    files_for,
     quantise,
     set_name,
     write_dir_manifest,
@@ -34,7 +34,7 @@ from ..attack_sets import (
 from ..data.download import sha256_of
 from ..data.paths import resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
-from ..errors import UsageProblem
+from ..errors import UsageProblem, os_problem
 from ..networks import load_network
 from ..provenance import provenance
 from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
@@ -69,7 +69,8 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the sets.")
-@click.option("--overwrite", is_flag=True, help="Write into an --out that already holds sets (same-named ones are replaced, manifest.json is rewritten).")
+@click.option("--overwrite", is_flag=True, help="Replace the sets in --out (advbp's own files only; the folder is "
+              "written as a whole, so a failure or a kill leaves the old sets).")
 @click.option("--compress/--no-compress", default=True, show_default=True, help="Deflate npz files (still no pickle).")
 @json_option
 def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, model_mode, dtype, backend, device,
@@ -88,14 +89,9 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
     if not str(out_dir).strip():
         raise UsageProblem("--out needs a folder name (got an empty string)")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageProblem(f"--out {out} exists and is not a folder")
+    # a folder advbp did not write, a file in the way, or sets already there without --overwrite: refused now
+    outdir.check_writable(out, "attack", "--out", overwrite, what="attack sets")
     names = [set_name(e) for e in eps_list]
-    if not overwrite:
-        clash = [p for n in names for p in files_for(out, n, fmt).values() if p.exists()]
-        clash += [out / DIR_MANIFEST] if (out / DIR_MANIFEST).exists() else []
-        if clash:
-            raise UsageProblem(f"--out {out} already holds {clash[0].name}; use --overwrite or another --out")
 
     net, cfg, ckpt, meta = load_network(source, backend=backend, device=device, dtype=dtype)
     dataset, kind = cfg.data.dataset, cfg.data.preprocess
@@ -175,8 +171,31 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
         "provenance": provenance(("torch",)),
     }
     sets = []
+    # the folder is written as a whole: a failure or a kill leaves the old sets (or none), never a mix
+    with outdir.StagedWrite(out, "attack", "--out", overwrite, what="attack sets") as stage:
+        _write_sets(stage.path, out, fmt, eps_list, names, data, grads, clip_range, net, common, compress, as_json, sets)
+        summary = {k: v for k, v in common.items() if k != "provenance"}
+        summary.update(file_format=fmt, provenance=common["provenance"])
+        try:
+            write_dir_manifest(stage.path, summary, sets)
+        except OSError as exc:
+            raise os_problem(exc, f"write {out / DIR_MANIFEST}") from None
+    path = out / DIR_MANIFEST
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        emit_json({"out": str(out), "manifest": str(path), "gradient_seconds": grad_s, "seconds": elapsed,
+                   **summary, "sets": sets})
+    else:
+        click.echo(f"{len(sets)} set(s) of {len(data.y)} {split} images from {source} in {elapsed:.1f}s; "
+                   f"manifest {out / DIR_MANIFEST}")
+
+
+def _write_sets(stage: Path, out: Path, fmt, eps_list, names, data, grads, clip_range, net, common, compress, as_json,
+                sets: list) -> None:
+    """One set per eps into the staging folder; `sets` gets the folder manifest's entries (with the sha256 of each
+    set's manifest, which readers check)."""
     for eps, name in zip(eps_list, names):
-        z = perturb(data.x, grads.signs, eps, clip_range)
+        z = finite_inputs(perturb(data.x, grads.signs, eps, clip_range), eps, "--eps")
         if fmt == "idx":
             q = quantise(z)
             error = error_of(net, dequantise(q, net.dtype), data.y)
@@ -197,29 +216,17 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
             "source_error_note": f"percent of this set (as stored) the source network misclassifies ({net.name}, {net.dtype})",
         }
         try:
-            files = write_set(out, name, fmt, stored, data.y, data.indices, manifest, compress=compress)
+            files = write_set(stage, name, fmt, stored, data.y, data.indices, manifest, compress=compress)
         except OSError as exc:
-            raise UsageProblem(f"cannot write the eps {eps:g} set into {out}: {exc.strerror or exc}") from None
+            raise os_problem(exc, f"write the eps {eps:g} set into {out}") from None
         sets.append({"eps": eps, "name": name, "manifest": files["manifest"].name,
+                     "manifest_sha256": sha256_of(files["manifest"]),
                      "files": {k: p.name for k, p in files.items() if k != "manifest"},
                      "source_error": error})
         if not as_json:
             where = "unclipped" if not clip_range else f"clipped to [{clip_range[0]:.4g}, {clip_range[1]:.4g}]"
-            click.echo(f"eps {eps:<6g} {where:17s} source error "
-                       f"{error:6.2f}%  -> {files.get('data', files['manifest'])}")
-    summary = {k: v for k, v in common.items() if k != "provenance"}
-    summary.update(file_format=fmt, provenance=common["provenance"])
-    try:
-        path = write_dir_manifest(out, summary, sets)
-    except OSError as exc:
-        raise UsageProblem(f"cannot write {out / DIR_MANIFEST}: {exc.strerror or exc}") from None
-    elapsed = time.perf_counter() - t0
-    if as_json:
-        emit_json({"out": str(out), "manifest": str(path), "gradient_seconds": grad_s, "seconds": elapsed,
-                   **summary, "sets": sets})
-    else:
-        click.echo(f"{len(sets)} set(s) of {len(data.y)} {split} images from {source} in {elapsed:.1f}s; "
-                   f"manifest {out / DIR_MANIFEST}")
+            shown = out / files.get("data", files["manifest"]).name
+            click.echo(f"eps {eps:<6g} {where:17s} source error {error:6.2f}%  -> {shown}")
 
 
 def _split_definition(split: str, cfg) -> str:

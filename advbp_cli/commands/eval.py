@@ -10,9 +10,10 @@ import click
 
 from ..data.paths import resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
-from ..errors import UsageProblem
-from ..evaluate import evaluate_arrays, hidden_sparsity
+from ..errors import UsageProblem, os_problem
+from ..evaluate import check_finite, evaluate_arrays, hidden_sparsity
 from ..networks import load_network
+from ..cliparams import FINITE_PERCENT
 from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
 
 
@@ -38,7 +39,7 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
 @threads_option
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
-@click.option("--max-error", type=click.FloatRange(min=0), default=None,
+@click.option("--max-error", type=FINITE_PERCENT, default=None,
               help="Exit 1 when the clean error (%) is above this: a gate for CI.")
 @json_option
 def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size, curve_out, backend, device,
@@ -105,7 +106,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
         # In a validation-mode run, `train` means the 50k the network was trained on.
         # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
         data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, prep)
-        ev = evaluate_arrays(net, data.x, data.y)
+        ev = check_finite(evaluate_arrays(net, data.x, data.y), f"{src} on {name}")
         result = {
             "source": str(src),
             "checkpoint": str(ckpt),
@@ -137,7 +138,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
         try:
             _write_curve(Path(curve_out), curve_fmt, curve)
         except OSError as exc:
-            raise UsageProblem(f"cannot write --curve-out {curve_out}: {exc.strerror or exc}") from None
+            raise os_problem(exc, f"write --curve-out {curve_out}") from None
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"models": results, **({"curve": curve} if attacking else {})})
     elif attacking and (len(results) > 1 or curve_out):
@@ -157,8 +158,9 @@ def _labels(sources) -> list[str]:
 
 
 def _curve_format(path: str) -> str:
-    if Path(path).is_dir():
-        raise UsageProblem(f"--curve-out {path} is a folder; name a .csv or a .json file")
+    from ..outdir import check_output_file
+
+    check_output_file(Path(path), "--curve-out")  # a folder or a file in the way, a name too long: refused now
     suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".json"):
         raise UsageProblem(f"--curve-out {path}: name a .csv or a .json file")
@@ -167,6 +169,7 @@ def _curve_format(path: str) -> str:
 
 def _expand_sets(values) -> list[Path]:
     from ..attack_sets import sets_in_dir
+    from ..outdir import resolve
 
     out: list[Path] = []
     for v in values:
@@ -178,7 +181,7 @@ def _expand_sets(values) -> list[Path]:
             if not found:
                 raise UsageProblem(f"--attack-set {p}: the folder's manifest lists no sets")
             out.extend(found)
-        elif not p.exists():
+        elif not p.exists() and not resolve(p.parent, p.name).exists():  # (a set still being moved into place)
             raise UsageProblem(f"--attack-set {p} does not exist")
         else:
             out.append(p)
@@ -202,7 +205,7 @@ def _attack_rows(label, src, net, cfg, ckpt, data, clean, set_paths, set_cache, 
             seen.append((path, overlap, len(aset.y)))
         own_sha = own_sha or sha256_of(ckpt)
         set_source_sha = (m.get("source") or {}).get("checkpoint_sha256")
-        ev = evaluate_arrays(net, aset.x, aset.y)
+        ev = check_finite(evaluate_arrays(net, aset.x, aset.y), f"{src} on {path}")
         rows.append({**base, "attack": "whitebox-set" if set_source_sha == own_sha else "transfer",
                      "eps": m.get("eps"), "clip": m.get("clip"), "split": (m.get("dataset") or {}).get("split"),
                      "set": str(path), "set_source_checkpoint_sha256": set_source_sha,

@@ -19,12 +19,13 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
               help="Figure 3 uses only the first N images of each run's eval split (as `advbp eval --limit N`).")
 @click.option("--tiles", type=click.IntRange(min=1), default=100, show_default=True,
               help="First-layer units drawn per network in Figure 2.")
+@click.option("--overwrite", is_flag=True, help="Replace the report in --out (advbp's own files there only).")
 @backend_options
 @threads_option
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
 @json_option
-def report_cmd(sources, out, fmt, limit, tiles, backend, device, threads, data_dir, no_download, as_json):
+def report_cmd(sources, out, fmt, limit, tiles, overwrite, backend, device, threads, data_dir, no_download, as_json):
     """Draw the paper's figures from one or more run directories or a sweep directory.
 
     Several runs go side by side, e.g. `advbp report runs/backprop runs/adv --out figures`.
@@ -34,7 +35,8 @@ def report_cmd(sources, out, fmt, limit, tiles, backend, device, threads, data_d
     apply_command_threads(threads)
     command = _command_line(sources, out, fmt, limit, tiles, backend, device, data_dir)
     result = make_report(list(sources), out, fmt, data_dir, limit, tiles=tiles, backend=backend, device=device,
-                         download=not no_download, command=command, log=lambda m: click.echo(m, err=True))
+                         download=not no_download, command=command, log=lambda m: click.echo(m, err=True),
+                         overwrite=overwrite)
     out_dir = out or f"{sources[0]}/report"
     if as_json:
         emit_json({"out": out_dir, **result})

@@ -10,6 +10,7 @@ import click
 
 from .. import executors
 from .. import sweep as sw
+from ..cliparams import NON_NEGATIVE, POSITIVE
 from ..data.paths import resolve_data_dir
 from ..data.splits import ensure_dataset
 from ..errors import TrainingDiverged, UsageProblem
@@ -63,9 +64,9 @@ OVERRIDES = {
 @click.option("--address", default=None, metavar="auto|HOST:PORT",
               help="--executor ray: the Ray cluster to use (auto: the one this node belongs to). "
                    "Default: start a local Ray instance on this machine (loopback only).")
-@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--cpus-per-run", type=POSITIVE, default=None,
               help="--executor ray: CPUs each run reserves, and its BLAS/OpenMP threads (default 1).")
-@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
+@click.option("--gpus-per-run", type=NON_NEGATIVE, default=None,
               help="--executor ray: GPUs each run reserves (default 0; fractions share a GPU).")
 @data_dir_option
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from ..config import RunConfig, build_config
 from ..data.splits import ensure_dataset
 from ..data.paths import resolve_data_dir
 from ..errors import UsageProblem
-from ..rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, RunDir
+from ..rundir import CONFIG, RunDir
 from .common import THREADS_HELP, ThreadsParam, data_dir_option, emit_json, json_option, parse_clip, parse_int_list
 
 # CLI option -> (config section, field); None values mean "not given", so the preset or default stands.
@@ -125,18 +124,17 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
     # Data problems are found before anything is written, so a failed start leaves no run directory behind.
     ensure_dataset(cfg.data.dataset, data_path, download=not no_download, log=_log)
 
-    created = not run.path.exists()
-    run.lock()  # first, so a run in progress is reported as such (not as "already holds a run")
+    # refuses a folder advbp did not write; locks first, so a run in progress is reported as such
+    run.lock(adopt=bool(resume_dir), option="--resume" if resume_dir else "--out")
     try:
         if not resume_dir and run.is_run() and not overwrite:
             raise UsageProblem(f"--out {run.path} already holds a run; use --resume {run.path}, --overwrite, or another --out")
         if overwrite and not resume_dir:
-            for name in (CONFIG, METRICS, CHECKPOINT, SUMMARY):
-                (run.path / name).unlink(missing_ok=True)
+            run.remove_own_files()  # advbp's files of the run, never a user's
         summary = _train_with_display(cfg, run, data_path, resume=bool(resume_dir), as_json=as_json)
-    except UsageProblem:
-        if created and not run.checkpoint_path.exists():
-            shutil.rmtree(run.path, ignore_errors=True)
+    except UsageProblem:  # also a full disk or out of memory (the trainer says so in one line)
+        if not run.checkpoint_path.exists():
+            run.undo()  # a folder this created is removed, one that was empty is emptied again
         raise
     finally:
         run.unlock()
