@@ -264,7 +264,7 @@ def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: st
         raw = raws[cfg.data.dataset]
         key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
         if key not in preps:  # the run's preprocessing, fitted on its training split (ZCA: from the cache)
-            preps[key] = preprocessor_for(cfg.data, raw, data_dir, log)
+            preps[key] = preprocessor_for(cfg.data, raw, log)
         # exactly what `advbp eval RUN [--limit N]` evaluates: the run's eval split, whole unless --limit
         data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, preps[key])
         weights, tile_shape, tile_kind, layer = first_layer(net, cfg)

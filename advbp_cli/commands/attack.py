@@ -108,7 +108,7 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
         raise UsageProblem(f"{source} takes inputs of size {cfg.model.input_size}, but {dataset} images have "
                            f"{raw['x_train'].shape[1]} pixels")
     # the source run's own preprocessing, fitted on its training split (ZCA: read back from the cache), as `eval`
-    prep = preprocessor_for(cfg.data, raw, data_path, log)
+    prep = preprocessor_for(cfg.data, raw, log)
     data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, prep)
     rule = rule or clip_rule(data.preprocess, clip)
     clip_range = rule.range

@@ -82,7 +82,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     for _, _, cfg, _, _ in models:
         key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
         if key not in prep_cache:
-            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], data_path, log)
+            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], log)
         preps.append(prep_cache[key])
 
     # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
