@@ -335,12 +335,13 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    from .data.paths import resolve_data_dir
+    from .data.paths import explained, resolve_data_dir
     from .data.splits import load_raw
 
-    data_path, _ = resolve_data_dir(data_dir)
+    data_path, origin = resolve_data_dir(data_dir, runs=[r.path for g in groups for r in g.runs])
     datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
-    raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
+    with explained(data_path, origin):
+        raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
     panels = build_panels(groups, raws, limit, backend, device, data_path, log)
     report = Report(groups, panels, list(sources), limit, tiles)
 

@@ -7,7 +7,7 @@ import shlex
 
 import click
 
-from .common import backend_options, data_dir_option, emit_json, json_option
+from .common import backend_options, data_dir_option, emit_json, json_option, no_download_option
 
 
 @click.command("report")
@@ -20,8 +20,8 @@ from .common import backend_options, data_dir_option, emit_json, json_option
 @click.option("--tiles", type=click.IntRange(min=1), default=100, show_default=True,
               help="First-layer units drawn per network in Figure 2.")
 @backend_options
-@data_dir_option
-@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@data_dir_option(reads_runs=True)
+@no_download_option
 @json_option
 def report_cmd(sources, out, fmt, limit, tiles, backend, device, data_dir, no_download, as_json):
     """Draw the paper's figures from one or more run directories or a sweep directory.
