@@ -62,7 +62,7 @@ class BlockSizer:
         if self.last is not None:
             t, n = self.last
             rate = n / max(now - t, 1e-9)
-            size = max(1, min(2 * n, math.ceil(rate * self.seconds)))
+            size = max(1, min(2 * n, round(rate * self.seconds)))
         size = min(size, self.cap)
         self.last = (now, size)
         return size

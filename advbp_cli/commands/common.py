@@ -12,8 +12,9 @@ DATA_DIR_HELP = ("Folder holding the data sets: mnist/ (the four IDX files, .gz 
                  "$ADVBP_DATA_DIR, {run}the per-user cache ~/.cache/advbp (downloads go there).")
 
 
-def data_dir_option(f=None, *, reads_runs: bool = False):
+def data_dir_option(f=None, *, reads_runs: bool = False, resumes: bool = False):
     run = "the folder the run was trained with, " if reads_runs else ""
+    run = "with --resume the folder the run was trained with, " if resumes else run
     option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                           help=DATA_DIR_HELP.format(run=run))
     return option(f) if f is not None else option

@@ -33,7 +33,7 @@ def preset_config_values(name: str | None) -> dict:
               "the defaults below, and the options below replace its values.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this directory from its last completed epoch.")
-@data_dir_option
+@data_dir_option(resumes=True)
 @no_download_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/PRESET-seedN).")
 @click.option("--overwrite", is_flag=True, help="Replace the advbp files of an existing run in --out.")

@@ -307,7 +307,8 @@ def ensure_files(data_dir: Path, download: bool = True, log=print, verify: bool 
             missing = [b for b in missing if locate(data_dir, b) is None]
     expected = f"{BIN_DIR}/ or {PY_DIR}/ or {BINARY_ARCHIVE.name}"
     if missing and not download:
-        raise DataMissing("CIFAR-10", folder, expected, f"missing: {', '.join(missing)}; download is off")
+        what = "no CIFAR-10 batch" if len(missing) == len(BATCHES) else f"missing {', '.join(missing)}"
+        raise DataMissing("CIFAR-10", folder, expected, f"{what}; download is off")
     if missing:
         dest = folder / BINARY_ARCHIVE.name
         mirrors = mirrors_from_env(ENV_MIRRORS, MIRRORS)

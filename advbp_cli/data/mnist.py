@@ -66,8 +66,8 @@ def ensure_files(data_dir: Path, download: bool, log=print) -> dict[str, Path]:
     folder = mnist_folder(data_dir)
     expected = ", ".join(f"{m}.gz" for m in FILES)
     if missing and not download:
-        raise DataMissing("MNIST", folder, expected, "missing: " + ", ".join(f"{m}.gz" for m in missing)
-                          + "; download is off")
+        what = "no MNIST file" if len(missing) == len(FILES) else "missing " + ", ".join(f"{m}.gz" for m in missing)
+        raise DataMissing("MNIST", folder, expected, f"{what}; download is off")
     if not missing:
         return found
     mirrors = mirrors_from_env(ENV_MIRRORS, MIRRORS)
