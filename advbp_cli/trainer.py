@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,6 @@ class Reporter:
     steps: Callable[[int, float], None] = lambda n_steps, mean_loss: None
     epoch_end: Callable[[dict], None] = lambda row: None
     log: Callable[[str], None] = lambda msg: None
-    extra: dict = field(default_factory=dict)
 
 
 class BlockSizer:
