@@ -4,6 +4,7 @@ backend, metrics after every epoch, the checkpoint of the last completed epoch, 
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -89,7 +90,7 @@ def run_record(cfg: RunConfig, backend, data_dir: Path | None = None) -> dict:
     other commands that read the run look there when no --data-dir or $ADVBP_DATA_DIR is given), provenance."""
     return {
         "config": cfg.model_dump(mode="json"),
-        "data_dir": str(Path(data_dir).absolute()) if data_dir is not None else None,
+        "data_dir": os.path.abspath(data_dir) if data_dir is not None else None,
         "resolved": {"backend": backend.name, "device": backend.device, "dtype": backend.dtype},
         "provenance": provenance(("torch",)),
     }

@@ -203,9 +203,10 @@ def test_data_lookup_order(tmp_path, monkeypatch):
     assert resolve_data_dir(None, runs=[tmp_path / "elsewhere"])[0] == cache / "advbp"
     shutil.rmtree(recorded)  # a recorded folder that is gone is skipped
     assert resolve_data_dir(None, runs=[run])[0] == cache / "advbp"
-    # relative paths are resolved once, against the folder the command started in
+    # relative paths are resolved once, against the folder the command started in, and normalised
+    monkeypatch.chdir(run)
+    assert resolve_data_dir("../opt") == (opt, "--data-dir")
     monkeypatch.chdir(tmp_path)
-    assert resolve_data_dir("opt") == (opt, "--data-dir")
     monkeypatch.setenv(ENV_DATA_DIR, "env")
     assert resolve_data_dir(None)[0] == env
     # an explicit folder that does not exist is reported and not created
@@ -424,6 +425,10 @@ def test_source_mistakes_are_explained(cli, tiny_run, tmp_path):
     one_line_error(cli(["attack", str(run), "--eps", "0.25", "0.5", "--out", str(tmp_path / "s")]),
                    "'0.5' was read as a SOURCE", "--eps 0.25,0.5")
     assert not (tmp_path / "s").exists()
+    sets = tmp_path / "sets"
+    assert cli(["attack", str(run), "--eps", "0.1,0.2", "--limit", "10", "--out", str(sets)]).exit_code == 0
+    one_line_error(cli(["eval", str(run), "--attack-set", str(sets / "fgsm-eps0.1.npz"), str(sets / "fgsm-eps0.2.npz")]),
+                   "fgsm-eps0.2.npz was read as a SOURCE", "--attack-set takes one value each time")
 
 
 def test_eval_json_gives_every_rate_in_percent_and_says_so(cli, tiny_run, data_dir):

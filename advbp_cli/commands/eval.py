@@ -57,6 +57,10 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     from ..attack import parse_eps
 
     explain_stray_values(sources, "--fgsm-eps" if fgsm_eps else None, "SOURCE")
+    for src in sources:  # `--attack-set a.npz b.npz` makes b.npz a SOURCE
+        if Path(src).suffix.lower() in (".npz", ".json", ".idx") and Path(src).is_file():
+            raise UsageProblem(f"{src} was read as a SOURCE (a run directory or checkpoint) but looks like an attack "
+                               "set: --attack-set takes one value each time (repeat it, or give the sets' folder)")
     eps_list = parse_eps(fgsm_eps, "--fgsm-eps") if fgsm_eps else []
     curve_fmt = _curve_format(curve_out) if curve_out else None
     set_paths = _expand_sets(attack_sets)

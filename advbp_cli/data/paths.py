@@ -26,7 +26,7 @@ CACHE_ORIGIN = "the per-user cache; neither --data-dir nor $ADVBP_DATA_DIR is se
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base).absolute() / "advbp"
+    return Path(os.path.abspath(base)) / "advbp"
 
 
 def recorded_data_dir(source) -> Path | None:
@@ -48,7 +48,7 @@ def resolve_data_dir(option: str | os.PathLike | None, runs=()) -> tuple[Path, s
     are the run directories or checkpoints a command reads."""
     for value, origin in ((option, "--data-dir"), (os.environ.get(ENV_DATA_DIR), f"${ENV_DATA_DIR}")):
         if value:
-            path = Path(value).expanduser().absolute()
+            path = Path(os.path.abspath(Path(value).expanduser()))  # "../shared/data" -> /abs/shared/data
             if not path.is_dir():
                 what = "is not a folder" if path.exists() else "does not exist"
                 raise UsageProblem(f"the data folder {path} ({origin}) {what}; give the folder that holds mnist/ "
