@@ -136,6 +136,8 @@ def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bo
 
     def epoch_end(row):
         progress.epoch_end(row)
+        if progress.finished:  # no stale progress frame after the last epoch's line
+            display.__exit__(None, None, None)
         tr = f"train {row['train_error']:.2f}%  " if "train_error" in row else ""
         display.print(f"epoch {row['epoch']:>3}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  {tr}"
                       f"{cfg.data.eval_split} {row['eval_error']:.2f}%  {row['seconds']:.1f}s")
