@@ -280,8 +280,8 @@ def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: floa
     proto = paper_protocol(cfg)
     return {
         "headline": {
-            "statistic": f"mean {eval_split} error (%) of the last {used} epochs"
-                         + (f" (epochs {first}-{len(metrics)})" if used > 1 else f" (epoch {len(metrics)})"),
+            "statistic": (f"mean {eval_split} error (%) of the last {used} epochs (epochs {first}-{len(metrics)})"
+                          if used > 1 else f"{eval_split} error (%) of the last epoch (epoch {len(metrics)})"),
             "value": mean_last_epochs(metrics, n),
             "eval_split": eval_split,
             "final_epoch_error": metrics[-1]["eval_error"] if metrics else None,

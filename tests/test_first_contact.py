@@ -380,6 +380,25 @@ def test_every_field_round_trips_through_set_and_its_flag(section, field):
     assert via_flag.values == via_set.values and via_flag.origin[(section, field)] == f.flag
 
 
+def test_field_types_to_come_get_a_flag_too():
+    """A field added later (say runtime.threads: "auto" or an integer) needs no change in the generator."""
+    from typing import Literal, Optional, Union
+
+    from pydantic import Field
+    from pydantic.fields import FieldInfo
+
+    from advbp_cli.commands.config_options import ConfigField, field_option, parse_text, value_shape
+
+    info = FieldInfo.merge_field_infos(Field("auto", description="threads"), annotation=Union[Literal["auto"], int])
+    f = ConfigField("runtime", "threads", info)
+    assert f.shape.kind == "scalar" and f.shape.metavar() == "auto|INT" and f.choices() is None
+    assert f.convert(parse_text("3", f.shape, "--threads"), "--threads") == 3
+    assert f.convert(parse_text("auto", f.shape, "--threads"), "--threads") == "auto"
+    assert field_option(f).opts == ["--threads"]
+    assert value_shape(Optional[list[int]]).metavar() == "INT,INT,...|none"
+    assert value_shape(Optional[tuple[float, float]]).metavar() == "FLOAT,FLOAT|none"
+
+
 def test_set_reaches_fields_without_a_common_flag_and_errors_name_it(cli, tmp_path):
     from advbp_cli.commands.config_options import collect
     from advbp_cli.commands.train import preset_config_values

@@ -112,14 +112,20 @@ class ValueShape:
     length: int | None = None  # a fixed-length tuple's length
 
     def metavar(self) -> str:
-        name = {int: "INT", float: "FLOAT", str: "TEXT"}.get(self.item, "TEXT")  # type: ignore[call-overload]
-        if typing.get_origin(self.item) is typing.Literal:
-            name = "CHOICE"
+        name = _metavar(self.item)
         if self.kind == "list":
             name = ",".join([name] * self.length) if self.length else f"{name},{name},..."
         elif self.kind == "scalar_or_list":
             name = f"{name}[,{name},...]"
         return name + ("|none" if self.optional else "")
+
+
+def _metavar(t) -> str:
+    if typing.get_origin(t) is typing.Literal:
+        return "|".join(map(str, typing.get_args(t)))
+    if typing.get_origin(t) in (typing.Union, types.UnionType):  # e.g. "auto" | int: auto|INT
+        return "|".join(_metavar(a) for a in typing.get_args(t))
+    return {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL"}.get(t, "TEXT")
 
 
 def value_shape(annotation) -> ValueShape:
@@ -136,9 +142,12 @@ def value_shape(annotation) -> ValueShape:
     if origin in (list, tuple):
         fixed = len(args) if origin is tuple and Ellipsis not in args else None
         return ValueShape("list", optional, next(a for a in args if a is not Ellipsis), fixed)
-    if origin in (typing.Union, types.UnionType):  # e.g. float | list[float]: one value or one per layer
-        scalar = next(a for a in args if typing.get_origin(a) not in (list, tuple))
-        return ValueShape("scalar_or_list", optional, scalar)
+    if origin in (typing.Union, types.UnionType):
+        lists = [a for a in args if typing.get_origin(a) in (list, tuple)]
+        if lists:  # e.g. float | list[float]: one value or one per layer
+            scalar = next(a for a in args if typing.get_origin(a) not in (list, tuple))
+            return ValueShape("scalar_or_list", optional, scalar)
+        return ValueShape("scalar", optional, annotation)  # e.g. "auto" | int: one value of either kind
     return ValueShape("scalar", optional, annotation)
 
 
