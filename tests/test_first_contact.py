@@ -407,6 +407,7 @@ def test_set_reaches_fields_without_a_common_flag_and_errors_name_it(cli, tmp_pa
     o = collect({}, ["train.momentum=0.9", "model.hidden=800,800", "train.clip=0,1", "train.dropout_fc=[0.5, 0.25]"], {})
     cfg = build_config(preset_config_values("mnist-relu-2x400-adv"), o.values, origin=o.origin)
     assert cfg.train.momentum == 0.9 and cfg.model.hidden == [800, 800] and cfg.train.clip == (0.0, 1.0)
+    assert o.values["train"]["clip"] == [0.0, 1.0]  # JSON form: what sweep.json records and --resume compares
     assert cfg.train.dropout_fc == [0.5, 0.25]
     out = tmp_path / "never"
     one_line_error(cli(["train", "--set", "train.momentum=1.5", "--out", str(out)]),
@@ -479,3 +480,16 @@ def test_help_says_what_the_data_folder_holds_and_the_lookup_order(cli):
         assert "mnist/" in text and "cifar10/" in text, cmd
         assert "--data-dir, $ADVBP_DATA_DIR," in text and "~/.cache/advbp" in text, cmd
         assert ("trained with" in text) == (cmd in ("eval", "attack", "report", "train")), cmd
+
+
+def test_sweep_resume_accepts_the_same_settings_given_again():
+    """Values recorded in sweep.json (JSON) and the same values typed again compare equal, tuples included."""
+    from advbp_cli import sweep as sw
+    from advbp_cli.commands.config_options import collect
+    from advbp_cli.commands.sweep import EXCLUDED
+
+    given = collect({}, ["train.clip=0,1", "model.hidden=16,16", "train.epochs=2"], EXCLUDED)
+    recorded = sw.request_from_record(json.loads(json.dumps(
+        {"request": sw.make_request(["mnist-relu-2x400-adv"], 2, given.values).to_json()})))
+    again = collect({}, ["train.clip=0,1", "model.hidden=16x16", "train.epochs=2"], EXCLUDED)
+    assert sw.resume_request(recorded, [], None, again.values).overrides == recorded.overrides

@@ -69,8 +69,8 @@ class ConfigField:
         from pydantic import ConfigDict, TypeAdapter, ValidationError
 
         adapter = TypeAdapter(typing.Annotated[self.info.annotation, self.info], config=ConfigDict(allow_inf_nan=False))
-        try:
-            return adapter.validate_python(value)
+        try:  # in JSON form (a tuple as a list), as sweep.json records it and compares it on --resume
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as err:
             msg = err.errors()[0]["msg"].removeprefix("Value error, ")
             raise UsageProblem(f"invalid value for {where}: {msg} (got {value!r}; expected "
