@@ -489,7 +489,7 @@ def index_markdown(r: dict, split_desc: str) -> str:
     lines += ["", "## Figure 3: hidden unit activations", "", f"![hidden activations]({figs['activations']['file']})", "",
               f"*Histogram of the non-zero hidden activations of the fully connected hidden layers (a conv net's conv"
               f" blocks are not included) on {split_desc}; the fraction of exact zeros per layer"
-              " (the number `advbp eval` reports as hidden_zero_fraction) is printed on each panel (paper Figure 3:"
+              " (the number `advbp eval --json` reports as hidden_zero_percent) is printed on each panel (paper Figure 3:"
               " 39 % back-prop, 61 % adversarial).*", "",
               "| run | checkpoint epoch | split (images) | " + " | ".join(f"zeros layer {j + 1} (%)" for j in range(n_layers))
               + " | zeros all layers (%) |",
