@@ -380,6 +380,15 @@ def test_every_field_round_trips_through_set_and_its_flag(section, field):
     assert via_flag.values == via_set.values and via_flag.origin[(section, field)] == f.flag
 
 
+def test_a_config_field_that_shadows_a_command_option_is_refused():
+    import click
+
+    from advbp_cli.commands.config_options import SectionedCommand
+
+    with pytest.raises(RuntimeError, match="--out is defined twice"):
+        SectionedCommand("x", params=[click.Option(["--out"]), click.Option(["--out", "cfg__data__out"])])
+
+
 def test_field_types_to_come_get_a_flag_too():
     """A field added later (say runtime.threads: "auto" or an integer) needs no change in the generator."""
     from typing import Literal, Optional, Union

@@ -222,7 +222,19 @@ SET_HELP = ("Set any config field: SECTION.FIELD=VALUE, e.g. train.momentum=0.9 
 
 
 class SectionedCommand(click.Command):
-    """--help with the config flags grouped by section, after the command's own options."""
+    """--help with the config flags grouped by section, after the command's own options. A config field whose
+    flag is also one of the command's own options (a field named `out`, say) stops the import: click would
+    silently let one shadow the other."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        seen: dict[str, str] = {}
+        for p in self.params:
+            for opt in [*p.opts, *p.secondary_opts]:
+                if opt in seen:
+                    raise RuntimeError(f"advbp {self.name}: option {opt} is defined twice ({seen[opt]} and {p.name}); "
+                                       "rename the config field or the command's option")
+                seen[opt] = p.name or opt
 
     def format_options(self, ctx, formatter):
         groups: dict[str, list] = {"Options": []}
