@@ -266,6 +266,8 @@ def one_line(err: ValidationError, source: str, origin: dict | None = None) -> s
     loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int))
     origin = origin or {}
     where = origin.get(loc[:2]) or ".".join(loc) or "config"
+    if loc[:2] not in origin and len(loc) >= 2 and loc[0] in ("model", "train", "data", "runtime"):
+        where = f"{option_name(loc[0], loc[1])} ({where})"  # from a preset or a run's config: its flag and its field
     if len(loc) == 1:  # a whole section's check (e.g. conv geometry): name the options of that section given
         given = [o for key, o in origin.items() if key[:1] == loc[:1]]
         if given:

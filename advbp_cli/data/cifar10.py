@@ -318,7 +318,8 @@ def ensure_files(data_dir: Path, download: bool = True, log=print, verify: bool 
                 download_verified(BINARY_ARCHIVE.name, [m + BINARY_ARCHIVE.name for m in mirrors], dest,
                                   BINARY_ARCHIVE.sha256, log=log)
         except DownloadFailed as exc:
-            raise DataMissing("CIFAR-10", folder, expected, f"the download failed: {exc.summary}") from None
+            raise DataMissing("CIFAR-10", folder, expected, f"the download failed: {exc.summary}",
+                              detail=str(exc)) from None
         try:
             _extract(dest, BINARY_ARCHIVE, missing, data_dir, log)
         finally:

@@ -79,7 +79,8 @@ def ensure_files(data_dir: Path, download: bool, log=print) -> dict[str, Path]:
                 download_verified(f"{name}.gz", [m + f"{name}.gz" for m in mirrors], dest, SHA256_GZ[name], log=log)
                 found[name] = dest
     except DownloadFailed as exc:
-        raise DataMissing("MNIST", folder, expected, f"the download of {name}.gz failed: {exc.summary}") from None
+        raise DataMissing("MNIST", folder, expected, f"the download of {name}.gz failed: {exc.summary}",
+                          detail=str(exc)) from None
     return found
 
 
