@@ -95,9 +95,9 @@ def test_figure_3_sparsity_equals_advbp_eval(runs, data_dir, tmp_path):
     # ...and the numbers printed on the figure itself (SVG keeps its text) and in index.md are these
     svg_text = " ".join(t for t in ET.parse(out / "fig3-hidden-activations.svg").getroot().itertext())
     index = (out / "index.md").read_text()
-    for j, z in enumerate(want):
-        assert f"layer {j + 1}: {z * 100:5.1f}%" in svg_text
-        assert f"| {z * 100:.1f} |" in index
+    for j, z in enumerate(want):  # percent
+        assert f"layer {j + 1}: {z:5.1f}%" in svg_text
+        assert f"| {z:.1f} |" in index
 
 
 def test_two_runs_go_side_by_side(runs, data_dir, tmp_path):
