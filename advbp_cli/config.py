@@ -1,16 +1,33 @@
 """The run configuration: pydantic models with the paper's MNIST settings as defaults.
 
 A preset (presets/*.toml) names only what differs from these defaults. Every CLI override is validated here,
-and a validation error is turned into one line naming the CLI option (see `OPTION_FOR_FIELD`).
+and a validation error is turned into one line naming the option the user typed (`one_line`). The command-line
+options themselves are generated from these models (advbp_cli/commands/config_options.py): a field's
+description is its --help text, `json_schema_extra={"paper": ...}` the paper's value shown beside the default,
+and a `Choices` marker (or a Literal) its accepted values.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backends import available_backends
 from .errors import UsageProblem
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Field metadata: the accepted values come from a registry function, so click's choices, --help and the
+    validation follow the registry (a Literal would be a second list to keep in step)."""
+
+    values: Callable[[], list[str]]
+
+
+def _paper(text: str) -> dict:
+    return {"paper": text}
 
 
 class _Strict(BaseModel):
@@ -20,13 +37,16 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     input_size: int = Field(784, gt=0, description="flattened input size (MNIST: 28x28)")
-    hidden: list[int] = Field([400, 400], min_length=1, description="sizes of the hidden layers")
-    activation: Literal["logistic", "tanh", "relu"] = "relu"
+    hidden: list[int] = Field([400, 400], min_length=1, description="sizes of the hidden (fully connected) layers",
+                              json_schema_extra=_paper("MNIST 400,400 / 800,800 / 1200,1200; CIFAR-10 3000,3000 "
+                                                       "or, after the conv layers, 2048,2048"))
+    activation: Literal["logistic", "tanh", "relu"] = Field("relu", description="the hidden units' nonlinearity")
     output: Literal["sigmoid_bce", "softmax_ce"] = Field(
         "sigmoid_bce", description="sigmoid units + binary cross-entropy (paper, MNIST) or softmax + cross-entropy"
     )
-    num_classes: int = Field(10, gt=1)
-    init_std: float = Field(0.01, gt=0, description="weights ~ N(0, init_std^2), biases 0")
+    num_classes: int = Field(10, gt=1, description="number of output units (classes)")
+    init_std: float = Field(0.01, gt=0, description="weights ~ N(0, init_std^2), biases 0",
+                            json_schema_extra=_paper("0.01"))
     # The convolutional network (arch = "conv"; see backends/__init__.py for the conventions). `hidden` is then the
     # fully connected layers after the conv stack.
     arch: Literal["mlp", "conv"] = Field("mlp", description="mlp: fully connected; conv: conv blocks, then `hidden`")
@@ -36,7 +56,7 @@ class ModelConfig(_Strict):
     conv_channels: list[int] = Field([96, 128, 256], min_length=1, description="filters of each conv layer")
     conv_kernel: int = Field(5, gt=0, description="k x k convolution, stride 1, zero padding k // 2 (odd k)")
     pool_size: int = Field(3, gt=0, description="max pooling window after every conv layer")
-    pool_stride: int = Field(2, gt=0)
+    pool_stride: int = Field(2, gt=0, description="stride of the max pooling")
     pool_mode: Literal["ceil", "pad1", "valid"] = Field(
         "ceil", description="ceil: cuda-convnet's pooling (Srivastava et al. 2014), 32->16->8->4; pad1: pad 1 that "
         "never wins, floor, also 32->16->8->4; valid: no padding (dfa-torch), 32->15->7->3")
@@ -82,34 +102,44 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    method: Literal["backprop", "adversarial"] = "adversarial"
-    eps: float = Field(0.08, ge=0, description="FGSM step size of the adversarial perturbation")
+    method: Literal["backprop", "adversarial"] = Field(
+        "adversarial", description="backprop: plain back-propagation; adversarial: Algorithm 1, learn from "
+        "z = x + eps sign(dJ/dx)")
+    eps: float = Field(0.08, ge=0, description="FGSM step size of the adversarial perturbation",
+                       json_schema_extra=_paper("MNIST 0.08; CIFAR-10 2x3000 0.03, CONV 0.01"))
     adv_weight: float = Field(
-        0.0, ge=0, le=1, description="a in a*J(x) + (1-a)*J(z): 0 is the paper, 0.5 is Goodfellow et al. 2014"
-    )
+        0.0, ge=0, le=1, description="a in a*J(x) + (1-a)*J(z) (Goodfellow et al. 2014: 0.5)",
+        json_schema_extra=_paper("0"))
     clip: Optional[tuple[float, float]] = Field(None, description="clip z to [lo, hi]; the paper does not clip")
-    lr: float = Field(0.05, gt=0, description="step = lr x mean gradient over the mini-batch")
-    batch_size: int = Field(10, gt=0)
-    epochs: int = Field(150, gt=0)
-    mean_last: int = Field(10, gt=0, description="the headline is the mean eval error of the last N epochs")
+    lr: float = Field(0.05, gt=0, description="learning rate: step = lr x mean gradient over the mini-batch",
+                      json_schema_extra=_paper("MNIST logistic 0.5, tanh 0.01, ReLU 0.05; CIFAR-10 2x3000 0.1, "
+                                               "CONV 0.5"))
+    batch_size: int = Field(10, gt=0, description="mini-batch size", json_schema_extra=_paper("MNIST 10, CIFAR-10 128"))
+    epochs: int = Field(150, gt=0, description="number of epochs (the halving schedule may stop earlier)",
+                        json_schema_extra=_paper("MNIST 150, CIFAR-10 at most 300"))
+    mean_last: int = Field(10, gt=0, description="the headline is the mean eval error of the last N epochs",
+                           json_schema_extra=_paper("MNIST 10; CIFAR-10 the final epoch (1)"))
     # CIFAR-10 (Table 3) settings; every one is off by default, which is the MNIST protocol.
-    dropout_input: float = Field(0.0, ge=0, lt=1, description="dropout rate on the input (paper: 0.1)")
+    dropout_input: float = Field(0.0, ge=0, lt=1, description="dropout rate on the input",
+                                 json_schema_extra=_paper("CIFAR-10 with dropout 0.1"))
     dropout_conv: Union[float, list[float]] = Field(
-        0.0, description="dropout rate after each conv block (after pooling); one rate or one per conv layer "
-        "(paper: 0.25)")
+        0.0, description="dropout rate after each conv block (after pooling); one rate or one per conv layer",
+        json_schema_extra=_paper("CIFAR-10 CONV with dropout 0.25"))
     dropout_fc: Union[float, list[float]] = Field(
-        0.0, description="dropout rate after each hidden fully connected layer; one rate or one per layer (paper: 0.5)")
+        0.0, description="dropout rate after each hidden fully connected layer; one rate or one per layer",
+        json_schema_extra=_paper("CIFAR-10 with dropout 0.5"))
     adv_dropout: Literal["same", "off"] = Field(
         "same", description="dropout while computing the adversarial perturbation: same = the masks of the "
         "training pass (dfa-torch keeps training mode); off = no dropout in that pass")
     momentum: float = Field(0.0, ge=0, lt=1, description="torch.optim.SGD form: v = m v + (1 - dampening) g; "
-                            "w -= lr v (v = g at the first step)")
+                            "w -= lr v (v = g at the first step)", json_schema_extra=_paper("CIFAR-10 CONV 0.9"))
     dampening: float = Field(0.0, ge=0, le=1, description="momentum dampening (PyTorch default 0; Torch7's "
                              "optim.sgd, the author's framework, defaults to dampening = momentum)")
     weight_decay: float = Field(0.0, ge=0, description="L2: weight_decay * w added to the weight gradients "
-                                "(not the biases) before momentum")
+                                "(not the biases) before momentum", json_schema_extra=_paper("CIFAR-10 CONV 0.001"))
     max_norm: Optional[float] = Field(None, gt=0, description="after every update, scale each unit's incoming "
-                                      "weight vector (every layer, output included) back to this L2 norm")
+                                      "weight vector (every layer, output included) back to this L2 norm",
+                                      json_schema_extra=_paper("CIFAR-10 4"))
     schedule: Literal["constant", "halve_on_plateau"] = Field(
         "constant", description="halve_on_plateau (paper, CIFAR-10; dfa-torch's rule): m = 0.75 m + 0.25 "
         "train_error after each epoch (m starts at 100 %); halve lr whenever train_error >= m; stop after "
@@ -118,9 +148,10 @@ class TrainConfig(_Strict):
         "train_pass", description="the training error the schedule watches: train_pass = the error of the "
         "mini-batches as they were learned from (on z, with dropout; dfa-torch); train_clean = the clean training "
         "error measured after the epoch (needs eval_train_error)")
-    max_halvings: int = Field(8, ge=0, description="halve_on_plateau stops after this many halvings (paper: 8)")
+    max_halvings: int = Field(8, ge=0, description="halve_on_plateau stops after this many halvings",
+                              json_schema_extra=_paper("8"))
     stop_train_error: float = Field(0.01, ge=0, description="halve_on_plateau stops when the smoothed training "
-                                    "error m (percent) is at most this (paper: 0.01 %)")
+                                    "error m (percent) is at most this", json_schema_extra=_paper("0.01"))
 
     @field_validator("dropout_conv", "dropout_fc")
     @classmethod
@@ -143,7 +174,7 @@ DATASET_FEATURES = {"mnist": 784, "cifar10": 3072}
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "cifar10"] = "mnist"
+    dataset: Literal["mnist", "cifar10"] = Field("mnist", description="the data set: mnist (Table 2) or cifar10 (Table 3)")
     eval_split: Literal["test", "validation"] = Field(
         "test",
         description="test: train on the whole training set (MNIST 60k, CIFAR-10 50k), evaluate on the 10k test set; "
@@ -163,10 +194,11 @@ class DataConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    backend: Literal["numpy", "torch"] = "torch"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    seed: int = Field(0, ge=0)
+    backend: Annotated[str, Choices(available_backends)] = Field(
+        "torch", description="arithmetic backend (numpy: the reference; torch: CPU or CUDA)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when available)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the arithmetic")
+    seed: int = Field(0, ge=0, description="seeds the initial weights, the batch order and the dropout masks")
     tf32: bool = Field(False, description="allow TF32 matmuls on CUDA (changes results; off by default)")
     threads: Union[Literal["auto"], int] = Field(
         "auto", description="CPU threads of the arithmetic (torch intra-op and BLAS): a positive integer, or auto "
@@ -178,6 +210,13 @@ class RuntimeConfig(_Strict):
         from .threads import parse_threads
 
         return parse_threads(v)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, v):
+        if v not in available_backends():
+            raise ValueError(f"unknown backend {v!r} (accepted: {', '.join(available_backends())})")
+        return v
 
     @model_validator(mode="after")
     def _numpy_is_cpu(self):
@@ -225,47 +264,28 @@ class RunConfig(_Strict):
         return self
 
 
-# Where each config field comes from on the command line, so errors name the option the user typed.
-OPTION_FOR_FIELD = {
-    ("model", "hidden"): "--hidden",
-    ("model", "conv_channels"): "--conv-channels",
-    ("model", "activation"): "--activation",
-    ("model", "output"): "--output",
-    ("model", "init_std"): "--init-std",
-    ("train", "method"): "--method",
-    ("train", "eps"): "--eps",
-    ("train", "adv_weight"): "--adv-weight",
-    ("train", "clip"): "--clip",
-    ("train", "lr"): "--lr",
-    ("train", "batch_size"): "--batch-size",
-    ("train", "epochs"): "--epochs",
-    ("train", "mean_last"): "--mean-last",
-    ("data", "dataset"): "--dataset",
-    ("data", "eval_split"): "--eval-split",
-    ("data", "preprocess"): "--preprocess",
-    ("data", "zca_epsilon"): "--zca-epsilon",
-    ("data", "train_limit"): "--train-limit",
-    ("data", "eval_limit"): "--eval-limit",
-    ("data", "eval_train_error"): "--eval-train-error",
-    ("runtime", "backend"): "--backend",
-    ("runtime", "device"): "--device",
-    ("runtime", "dtype"): "--dtype",
-    ("runtime", "seed"): "--seed",
-    ("runtime", "tf32"): "--tf32",
-    ("runtime", "threads"): "--threads",
-}
+def option_name(section: str, field: str) -> str:
+    """The command-line flag of a config field: train.adv_weight -> --adv-weight (the generator's rule)."""
+    return "--" + field.replace("_", "-")
 
 
-def one_line(err: ValidationError, source: str) -> str:
-    """The first validation error as one line that names the CLI option (or the preset field)."""
+def one_line(err: ValidationError, source: str, origin: dict | None = None) -> str:
+    """The first validation error as one line naming where the value came from: the option the user typed
+    (`origin`: (section, field) -> "--eps" or "--set train.eps"), else the field (a preset's, a run's)."""
     e = err.errors()[0]
     loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int))
-    option = OPTION_FOR_FIELD.get(loc[:2]) if len(loc) >= 2 else None
-    where = option or ".".join(loc) or "config"
+    origin = origin or {}
+    where = origin.get(loc[:2]) or ".".join(loc) or "config"
+    if loc[:2] not in origin and len(loc) >= 2 and loc[0] in ("model", "train", "data", "runtime"):
+        where = f"{option_name(loc[0], loc[1])} ({where})"  # from a preset or a run's config: its flag and its field
+    if len(loc) == 1:  # a whole section's check (e.g. conv geometry): name the options of that section given
+        given = [o for key, o in origin.items() if key[:1] == loc[:1]]
+        if given:
+            where = f"{'/'.join(given)} ({loc[0]} settings)"
     msg = e["msg"].removeprefix("Value error, ")
     got = e.get("input")
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"invalid value for {where} in {source}: {msg}{got_txt}"
+    return f"invalid value for {where}{f' in {source}' if source else ''}: {msg}{got_txt}"
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -275,9 +295,10 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def build_config(preset_values: dict, overrides: dict, source: str = "options") -> RunConfig:
-    """Defaults <- preset <- command-line overrides, validated as one RunConfig."""
+def build_config(preset_values: dict, overrides: dict, source: str = "options", origin: dict | None = None) -> RunConfig:
+    """Defaults <- preset <- command-line overrides, validated as one RunConfig. `origin` maps (section, field) to
+    the option that set it, for the error message."""
     try:
         return RunConfig.model_validate(deep_merge(preset_values, overrides))
     except ValidationError as err:
-        raise UsageProblem(one_line(err, source)) from None
+        raise UsageProblem(one_line(err, source, origin)) from None

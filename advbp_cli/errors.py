@@ -46,3 +46,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
                                               or "out of memory" in text.lower())
+
+
+class DataMissing(UsageProblem):
+    """A data set's files are not in its folder and were not downloaded (download off, or it failed). The command
+    that chose the data folder rewords it with where that folder came from (data.paths.explained)."""
+
+    def __init__(self, label: str, folder, expected: str, reason: str, detail: str = ""):
+        self.label, self.folder, self.expected, self.reason = label, folder, expected, reason
+        super().__init__(f"{label} not found in {folder} ({reason}); place {expected} there, or point --data-dir "
+                         "or $ADVBP_DATA_DIR at the folder that holds it" + (f". Details: {detail}" if detail else ""))

@@ -50,6 +50,8 @@ def load_network(source: str | Path, backend: str | None = None, device: str | N
         cfg_dict = None
         origin = None
     else:
+        if not source.exists():
+            raise UsageProblem(f"{source} does not exist (expected a run directory or a checkpoint file)")
         raise UsageProblem(f"{source} is neither a run directory nor a checkpoint file")
     params, meta = read_checkpoint(ckpt)
     if cfg_dict is None:

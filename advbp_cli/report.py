@@ -265,7 +265,7 @@ def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: st
         raw = raws[cfg.data.dataset]
         key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
         if key not in preps:  # the run's preprocessing, fitted on its training split (ZCA: from the cache)
-            preps[key] = preprocessor_for(cfg.data, raw, data_dir, log)
+            preps[key] = preprocessor_for(cfg.data, raw, log)
         # exactly what `advbp eval RUN [--limit N]` evaluates: the run's eval split, whole unless --limit
         data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, preps[key])
         weights, tile_shape, tile_kind, layer = first_layer(net, cfg)
@@ -335,12 +335,13 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    from .data.paths import resolve_data_dir
+    from .data.paths import explained, resolve_data_dir
     from .data.splits import load_raw
 
-    data_path, _ = resolve_data_dir(data_dir)
+    data_path, origin = resolve_data_dir(data_dir, runs=[r.path for g in groups for r in g.runs])
     datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
-    raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
+    with explained(data_path, origin):
+        raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
     panels = build_panels(groups, raws, limit, backend, device, data_path, log)
     report = Report(groups, panels, list(sources), limit, tiles)
 
@@ -484,7 +485,7 @@ def index_markdown(r: dict, split_desc: str) -> str:
     lines += ["", "## Figure 3: hidden unit activations", "", f"![hidden activations]({figs['activations']['file']})", "",
               f"*Histogram of the non-zero hidden activations of the fully connected hidden layers (a conv net's conv"
               f" blocks are not included) on {split_desc}; the fraction of exact zeros per layer"
-              " (the number `advbp eval` reports as hidden_zero_fraction) is printed on each panel (paper Figure 3:"
+              " (the number `advbp eval --json` reports as hidden_zero_percent) is printed on each panel (paper Figure 3:"
               " 39 % back-prop, 61 % adversarial).*", "",
               "| run | checkpoint epoch | split (images) | " + " | ".join(f"zeros layer {j + 1} (%)" for j in range(n_layers))
               + " | zeros all layers (%) |",

@@ -22,15 +22,16 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import outdir
 from . import presets as preset_files
-from .config import RunConfig, build_config, deep_merge
+from .config import RunConfig, build_config, deep_merge, option_name
 from .errors import TrainingDiverged, UsageProblem, os_problem
 from .files import write_json_atomic, write_text_atomic
+from .protocol import paper_protocol
 from .rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
 
 SWEEP_FILE = "sweep.json"
@@ -59,7 +60,8 @@ def resolve_targets(targets: list[str]) -> list[str]:
         elif t in names:
             members = [t]
         else:
-            raise UsageProblem(f"invalid value for GROUP_OR_PRESETS: unknown group or preset {t!r} "
+            hint = preset_files.did_you_mean(t, [*groups, *names])
+            raise UsageProblem(f"invalid value for GROUP_OR_PRESETS: unknown group or preset {t!r}{hint} "
                                f"(groups: {_group_list()}; presets: see 'advbp presets')")
         out.extend(m for m in members if m not in out)
     return out
@@ -69,10 +71,12 @@ def _group_list() -> str:
     return ", ".join(preset_files.groups())
 
 
-def run_config(preset: str, seed: int, overrides: dict) -> RunConfig:
-    """The resolved config of one run: defaults <- preset <- the sweep's overrides <- this seed."""
+def run_config(preset: str, seed: int, overrides: dict, origin: dict | None = None) -> RunConfig:
+    """The resolved config of one run: defaults <- preset <- the sweep's overrides <- this seed. `origin` names
+    the option behind each override, for error messages."""
     values = {"preset": preset, **preset_files.config_values(preset_files.load_preset(preset))}
-    return build_config(values, deep_merge(overrides, {"runtime": {"seed": seed}}), source=f"sweep of {preset}")
+    return build_config(values, deep_merge(overrides, {"runtime": {"seed": seed}}), source=f"sweep of {preset}",
+                        origin=origin)
 
 
 def run_relpath(preset: str, seed: int) -> str:
@@ -93,12 +97,12 @@ class SweepRequest:
         return {"targets": self.targets, "presets": self.presets, "seeds": self.seeds, "overrides": self.overrides}
 
 
-def make_request(targets: list[str], n_seeds: int, overrides: dict) -> SweepRequest:
+def make_request(targets: list[str], n_seeds: int, overrides: dict, origin: dict | None = None) -> SweepRequest:
     if n_seeds < 1:
         raise UsageProblem(f"invalid value for --seeds: {n_seeds} (expected a positive number of seeds)")
     req = SweepRequest(list(targets), resolve_targets(list(targets)), list(range(n_seeds)), overrides)
     for p in req.presets:  # validate every config before anything is written
-        run_config(p, 0, overrides)
+        run_config(p, 0, overrides, origin)
     return req
 
 
@@ -165,17 +169,17 @@ def resume_request(recorded: SweepRequest, targets: list[str], n_seeds: int | No
     return SweepRequest(targets or recorded.targets, presets, seeds, deep_merge(recorded.overrides, runtime))
 
 
-def _flag(key: str, value) -> str:
-    name = key.replace("_", "-")
+def _flag(section: str, key: str, value) -> str:
+    name = option_name(section, key)
     if isinstance(value, bool):
-        return f"--{name}" if value else f"--no-{name}"
+        return name if value else f"--no-{name[2:]}"
     if isinstance(value, (list, tuple)):
-        return f"--{name} {','.join(map(str, value))}"
-    return f"--{name} {value}"
+        return f"{name} {','.join(map(str, value))}"
+    return f"{name} {value}"
 
 
 def _describe(overrides: dict) -> str:
-    flat = [_flag(k, v) for sec in overrides.values() for k, v in sec.items()]
+    flat = [_flag(sec, k, v) for sec, kv in overrides.items() for k, v in kv.items()]
     return " ".join(flat) if flat else "no overrides"
 
 
@@ -282,10 +286,12 @@ def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
                          "statistic": h["statistic"], "epochs_completed": s.get("epochs_completed")})
         cfg = run_config(preset, 0, request.overrides)
         paper = preset_files.load_preset(preset).get("paper") or {}
+        proto = paper_protocol(cfg)
         mean = statistics.fmean(values) if values else None
         std = _sample_std(values)
         p_err, p_std = paper.get("error"), paper.get("std")
-        diff = None if mean is None or p_err is None else mean - p_err
+        # a difference to the paper only for runs of the paper's protocol (not for a 1-epoch check, say)
+        diff = None if mean is None or p_err is None or not proto["paper"] else mean - p_err
         rows.append({
             "preset": preset,
             "method": cfg.train.method,
@@ -301,6 +307,10 @@ def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
             "paper_source": paper.get("source"),
             "diff": diff,
             "diff_in_paper_std": None if diff is None or not p_std else diff / p_std,
+            "paper_protocol": proto["paper"],
+            "protocol": proto["protocol"],
+            "the_papers_protocol": proto["paper_protocol"],
+            "differences_from_paper": proto["differences"],
         })
     n_done = sum(r["complete"] for r in runs)
     return {
@@ -396,7 +406,21 @@ def header_lines(summary: dict) -> list[str]:
         f"per run: {summary['statistic'] or 'no run complete yet'}; per preset: {summary['aggregate']}",
         f"runs complete: {summary['runs_complete']} of {summary['runs_total']}"
         + ("" if summary["complete"] else " (INCOMPLETE: the rows cover the complete runs only)"),
+        *protocol_lines(summary),
     ]
+
+
+def protocol_lines(summary: dict) -> list[str]:
+    """Which rows follow the paper's protocol: only those get a difference to the paper (sweeps before this field
+    existed count as the paper's)."""
+    rows = summary["presets"]
+    off = [r for r in rows if r.get("paper_protocol") is False and r["paper_error"] is not None]
+    if not off:
+        return []
+    r = off[0]
+    which = "every preset" if len(off) == len(rows) else f"{len(off)} of {len(rows)} presets"
+    return [f"protocol: {r['protocol']}, not the paper's ({r['the_papers_protocol']}) for {which}: no difference "
+            f"to the paper is computed for them (differs in {', '.join(r['differences_from_paper'][:3])})"]
 
 
 def to_markdown(summary: dict, title: str) -> str:
@@ -437,26 +461,6 @@ def write_summary(sweep_dir: Path, summary: dict) -> None:
     write_text_atomic(sweep_dir / SUMMARY_MD, to_markdown(summary, title))
 
 
-def print_summary(summary: dict, console) -> None:
-    from rich.table import Table
-
-    for ln in header_lines(summary):
-        console.print(ln, highlight=False, markup=False, soft_wrap=True)
-    t = Table(title="per preset")
-    for h in TABLE_HEADER:
-        t.add_column(h, no_wrap=h == "preset")
-    for r in table_rows(summary):
-        t.add_row(*r)
-    console.print(t)
-    if summary["comparisons"]:
-        t = Table(title="adversarial vs back-propagation")
-        for h in PAIR_HEADER:
-            t.add_column(h)
-        for r in pair_rows(summary):
-            t.add_row(*r)
-        console.print(t)
-
-
 def load_report(sweep_dir: str | Path) -> dict:
     """The sweep's summary.json; for a sweep that has not finished, the aggregate of its complete runs so far."""
     sweep_dir = Path(sweep_dir)
@@ -481,7 +485,6 @@ class SweepEvents:
     # Executors whose runs train in other processes report progress by polling the run directories instead:
     # (preset, seed, epochs completed or None while queued, epochs in total, eval error % of the last epoch or None)
     progress: Callable[[str, int, int | None, int, float | None], None] = lambda preset, seed, done, total, last: None
-    extra: dict = field(default_factory=dict)
 
 
 def default_sweep_dir(targets: list[str]) -> Path:
@@ -491,7 +494,8 @@ def default_sweep_dir(targets: list[str]) -> Path:
     return Path("runs") / f"sweep-{name}"
 
 
-def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | None, resume: bool) -> tuple[Path, SweepRequest]:
+def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | None, resume: bool,
+         origin: dict | None = None) -> tuple[Path, SweepRequest]:
     """The sweep directory and the request to run, checked against what the directory holds; writes nothing."""
     if not targets and not (resume and out):
         resolve_targets([])  # raises the usage message naming the groups
@@ -506,7 +510,7 @@ def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | No
     if not resume and exists:
         raise UsageProblem(f"--out {sweep_dir} already holds a sweep; add --resume to continue it, or use another --out")
     # --resume of a directory without a sweep simply starts it (so one command line serves both cases)
-    return sweep_dir, make_request(targets, DEFAULT_SEEDS if n_seeds is None else n_seeds, overrides)
+    return sweep_dir, make_request(targets, DEFAULT_SEEDS if n_seeds is None else n_seeds, overrides, origin)
 
 
 def record_request(sweep_dir: Path, request: SweepRequest) -> None:

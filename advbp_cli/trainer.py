@@ -4,11 +4,12 @@ backend, metrics after every epoch, the checkpoint of the last completed epoch, 
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,8 @@ from .rundir import METRICS_DIGEST, RunDir
 from .schedule import ScheduleState, after_epoch
 from .threads import ThreadChoice, apply_threads, threads_in_effect
 
-STEPS_PER_BLOCK = 500  # progress and NaN checks happen between blocks
+STEPS_PER_BLOCK = 500  # the largest block of steps handed to a backend; progress and NaN checks happen between blocks
+BLOCK_SECONDS = 0.5  # blocks grow from one step towards this duration, so progress shows from an epoch's first batch
 
 
 class Interrupted(Exception):
@@ -45,24 +47,53 @@ class Reporter:
     steps: Callable[[int, float], None] = lambda n_steps, mean_loss: None
     epoch_end: Callable[[dict], None] = lambda row: None
     log: Callable[[str], None] = lambda msg: None
-    extra: dict = field(default_factory=dict)
 
 
-def epoch_blocks(seed: int, epoch: int, n: int, batch_size: int, steps_per_block: int = STEPS_PER_BLOCK):
-    """The mini-batches of an epoch as 2-D index arrays of at most steps_per_block rows. Full batches come first;
-    a final partial batch (when batch_size does not divide n) is its own block."""
+class BlockSizer:
+    """How many steps the next block holds: one step first, then at most twice the last block and about
+    `seconds` of work at the rate measured so far, never more than `cap`. The arithmetic does not depend on it
+    (each step is the same whatever block it is in); only how often the display and the NaN check run does."""
+
+    def __init__(self, cap: int = STEPS_PER_BLOCK, seconds: float = BLOCK_SECONDS, clock=time.perf_counter):
+        self.cap, self.seconds, self.clock = cap, seconds, clock
+        self.last: tuple[float, int] | None = None  # (time the last block was handed out, its size)
+
+    def next_size(self) -> int:
+        now = self.clock()
+        size = 1
+        if self.last is not None:
+            t, n = self.last
+            rate = n / max(now - t, 1e-9)
+            size = max(1, min(2 * n, round(rate * self.seconds)))
+        size = min(size, self.cap)
+        self.last = (now, size)
+        return size
+
+
+def epoch_blocks(seed: int, epoch: int, n: int, batch_size: int, steps_per_block: int = STEPS_PER_BLOCK,
+                 sizer: BlockSizer | None = None):
+    """The mini-batches of an epoch as 2-D index arrays of at most steps_per_block rows (or as many as `sizer`
+    says, asked when the previous block is done). Full batches come first; a final partial batch (when batch_size
+    does not divide n) is its own block."""
     perm = epoch_permutation(seed, epoch, n)
     n_full = n // batch_size
     full = perm[: n_full * batch_size].reshape(n_full, batch_size)
-    for start in range(0, n_full, steps_per_block):
-        yield full[start : start + steps_per_block]
+    start = 0
+    while start < n_full:
+        size = min(sizer.next_size(), steps_per_block) if sizer is not None else steps_per_block
+        yield full[start : start + size]
+        start += size
     if n_full * batch_size < n:
         yield perm[n_full * batch_size :][None, :]
 
 
-def run_record(cfg: RunConfig, backend, threads: ThreadChoice | None = None) -> dict:
+def run_record(cfg: RunConfig, backend, threads: ThreadChoice | None = None, data_dir: Path | None = None) -> dict:
+    """config.json: the resolved config, where it ran (backend, device, dtype, threads), the data folder it read
+    (absolute; `advbp eval` and the other commands that read the run look there when no --data-dir or
+    $ADVBP_DATA_DIR is given), provenance."""
     return {
         "config": cfg.model_dump(mode="json"),
+        "data_dir": os.path.abspath(data_dir) if data_dir is not None else None,
         "resolved": {"backend": backend.name, "device": backend.device, "dtype": backend.dtype,
                      **thread_record(threads, backend.name)},
         "provenance": provenance(("torch",)),
@@ -204,7 +235,7 @@ def _train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter, resume: bool, 
         params = fresh_params(cfg)
     # The config on disk always describes the run as it is being continued (e.g. after --epochs N on resume), so
     # a later --resume after another interruption continues the same run.
-    record = run_record(cfg, backend, threads)
+    record = run_record(cfg, backend, threads, data_dir)
     if resume and run.is_run():
         old = run.read_config()
         record["provenance"] = old.get("provenance", record["provenance"])
@@ -247,7 +278,7 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
             t0 = time.perf_counter()
             spec = tc if sched.lr == tc.lr else tc.model_copy(update={"lr": sched.lr})
             loss_sum, steps, wrong = 0.0, 0, 0
-            for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size):
+            for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size, sizer=BlockSizer()):
                 extra = {}
                 if dropout:
                     extra["masks"] = DropoutMasks(cfg.runtime.seed, epoch, steps)
@@ -322,17 +353,29 @@ def _resume_note(old: dict, new: dict) -> dict:
 
 
 def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float, stop_reason: str | None = None) -> dict:
+    """The run's summary.json. `headline.paper_protocol` says whether the run follows the paper's protocol for its
+    preset (advbp_cli.protocol): only then is the headline comparable with `paper`, the preset's reported number."""
     from . import presets
+    from .protocol import paper_protocol
 
     n = cfg.train.mean_last
     paper = None
     if cfg.preset and cfg.preset in presets.preset_names():
         paper = presets.load_preset(cfg.preset).get("paper")
+    used = min(n, len(metrics))
+    first = len(metrics) - used + 1
+    proto = paper_protocol(cfg)
     return {
         "headline": {
-            "statistic": f"mean {eval_split} error (%) of the last {min(n, len(metrics))} epochs",
+            "statistic": (f"mean {eval_split} error (%) of the last {used} epochs (epochs {first}-{len(metrics)})"
+                          if used > 1 else f"{eval_split} error (%) of the last epoch (epoch {len(metrics)})"),
             "value": mean_last_epochs(metrics, n),
             "eval_split": eval_split,
+            "final_epoch_error": metrics[-1]["eval_error"] if metrics else None,
+            "protocol": proto["protocol"],
+            "paper_protocol": proto["paper"],
+            "the_papers_protocol": proto["paper_protocol"],
+            "differences_from_paper": proto["differences"],
         },
         "final_epoch": metrics[-1] if metrics else None,
         "epochs_completed": len(metrics),

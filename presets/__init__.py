@@ -4,6 +4,7 @@ find and load them."""
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from importlib import resources
 
@@ -31,6 +32,11 @@ def paper_gaps() -> dict[str, str]:
     return _read("paper-gaps")["gaps"]
 
 
+def paper_gap_scopes() -> dict[str, dict]:
+    """note key -> {"section.field": value or [values]}: the configs a note of paper_gaps() is about."""
+    return _read("paper-gaps").get("scope", {})
+
+
 def load_preset(name: str) -> dict:
     """The whole preset file: `description`, `paper` (the reported number) and config sections."""
     if name not in preset_names():
@@ -41,3 +47,20 @@ def load_preset(name: str) -> dict:
 def config_values(preset: dict) -> dict:
     """The sections of a preset that are config (everything but description and paper)."""
     return {k: v for k, v in preset.items() if k not in ("description", "paper")}
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """" (did you mean 'x'?)" for the closest candidate, or "" when nothing is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_preset_or_explain(name: str, where: str) -> dict:
+    """load_preset, or a one-line usage error naming the option, the closest preset name and where to look."""
+    from advbp_cli.errors import UsageProblem
+
+    try:
+        return load_preset(name)
+    except KeyError:
+        raise UsageProblem(f"invalid value for {where}: unknown preset {name!r}{did_you_mean(name, preset_names())}; "
+                           "'advbp presets' lists them") from None

@@ -1,5 +1,8 @@
 """Shared fixtures. Tests read real MNIST from the shared data folder (never from a download):
-$ADVBP_DATA_DIR if set, else ../shared/data beside the repository."""
+$ADVBP_DATA_DIR if set, else ../shared/data beside the repository. A relative $ADVBP_DATA_DIR (the README's
+`ADVBP_DATA_DIR=../shared/data python -m pytest -q`) is resolved once, here, against the folder pytest started in,
+before any test changes directory. The data folder is never written: caches go to a per-session folder
+($XDG_CACHE_HOME), and `_data_folder_untouched` checks every file's size and mtime at the end of the session."""
 
 from __future__ import annotations
 
@@ -17,10 +20,24 @@ _NUMPY_WAS_LOADED = "numpy" in sys.modules
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("ADVBP_DATA_DIR"):
+    os.environ["ADVBP_DATA_DIR"] = str(Path(os.environ["ADVBP_DATA_DIR"]).resolve())
+# Per-user caches (ZCA fits, the default data folder) of this session only: nothing outside the tests' own folders
+# is written. Tests that need their own cache set XDG_CACHE_HOME themselves.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="advbp-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
@@ -33,6 +50,28 @@ def pytest_configure(config):
 def _data_dir() -> Path:
     env = os.environ.get("ADVBP_DATA_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime in ns) of every file and folder under `folder`: equal before and after means nothing was
+    written, created or removed there."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        st = p.stat()
+        out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_folder_untouched():
+    """The tests never write into the data folder, whether it is read-only or writable (issue 12)."""
+    d = _data_dir()
+    before = folder_state(d) if d.is_dir() else None
+    yield
+    if before is not None:
+        after = folder_state(d)
+        changed = sorted(set(before) ^ set(after) | {k for k in before.keys() & after.keys() if before[k] != after[k]})
+        assert not changed, f"the test session wrote into the data folder {d}: {changed[:5]}"
 
 
 @pytest.fixture(scope="session")

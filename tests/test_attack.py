@@ -360,7 +360,7 @@ def test_zero_gradient_warning(cli, data_dir, tmp_path):
 def test_plain_eval_unchanged(cli, data_dir, runs):
     result, r = _eval_json(cli, data_dir, runs["src"])
     assert "attacks" not in result and result["split"] == "validation" and result["n"] == LIMIT
-    assert len(result["hidden_zero_fraction"]) == 2
+    assert len(result["hidden_zero_percent"]) == 2
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR-10

@@ -438,7 +438,7 @@ def zca_full(raw, data_dir, user_cache):
     """ZCA fitted on all 50 000 training images with a tiny regulariser (eps = 1e-8, below every eigenvalue), as
     `advbp train --dataset cifar10 --preprocess zca --zca-epsilon 1e-8` would fit it, cached in the user cache."""
     t = time.perf_counter()
-    zca = pp.fit_zca(raw["x_train"], 1e-8, pp.cache_dirs(data_dir, "cifar10"), log=lambda m: None)
+    zca = pp.fit_zca(raw["x_train"], 1e-8, pp.cache_dirs("cifar10"), log=lambda m: None)
     return zca, time.perf_counter() - t
 
 
@@ -476,7 +476,7 @@ def test_zca_cache_is_reused_fast_and_identical(raw, data_dir, zca_full, user_ca
     assert [f.name for f in files] == [first.cache_file.name] and not first.cache_hit
     assert not (data_dir / "cifar10" / "preprocess").exists()  # the read-only data folder is left alone
     t = time.perf_counter()
-    again = pp.fit_zca(raw["x_train"], 1e-8, pp.cache_dirs(data_dir, "cifar10"), log=lambda m: None)
+    again = pp.fit_zca(raw["x_train"], 1e-8, pp.cache_dirs("cifar10"), log=lambda m: None)
     t_hit = time.perf_counter() - t
     assert again.cache_hit and again.cache_file == first.cache_file
     for a in ("mean", "whiten", "eigenvalues"):
@@ -529,22 +529,15 @@ def test_zca_cache_is_keyed_by_eps_and_data_and_survives_damage(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_zca_cache_falls_back_to_the_user_cache_when_the_data_folder_is_read_only(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    data.chmod(0o555)
+def test_zca_fits_go_to_the_user_cache_never_into_a_data_folder(tmp_path, monkeypatch):
+    """A writable data folder is left untouched too: the cache is the only place new fits are written."""
+    data = tmp_path / "data" / "cifar10"
+    data.mkdir(parents=True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    try:
-        zca = pp.fit_zca(_small(), 0.01, pp.cache_dirs(data, "cifar10"), log=lambda m: None)
-    finally:
-        data.chmod(0o755)
+    zca = pp.fit_zca(_small(), 0.01, pp.cache_dirs("cifar10"), log=lambda m: None)
     assert zca.cache_file.parent == tmp_path / "xdg" / "advbp" / "preprocess" / "cifar10"
     assert list(data.iterdir()) == []
-    writable = tmp_path / "data2"  # a new fit (other eps) goes to the data folder when it can be written
-    zca = pp.fit_zca(_small(), 0.02, pp.cache_dirs(writable, "cifar10"), log=lambda m: None)
-    assert zca.cache_file.parent == writable / "cifar10" / "preprocess"
-    # and an existing fit is found in the user cache from any data folder
-    assert pp.fit_zca(_small(), 0.01, pp.cache_dirs(writable, "cifar10"), log=lambda m: None).cache_hit
+    assert pp.fit_zca(_small(), 0.01, pp.cache_dirs("cifar10"), log=lambda m: None).cache_hit
 
 
 def test_load_splits_applies_the_runs_zca_and_eval_recomputes_it(cli, data_dir, tmp_path, zca_full, raw):

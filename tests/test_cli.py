@@ -61,7 +61,7 @@ def test_eval_json_and_max_error_gate(cli, data_dir, tmp_path):
     assert ok.exit_code == 0
     result = json.loads(ok.stdout)
     assert result["n"] == 500 and result["passed"] is True and 0 <= result["error"] <= 100
-    assert len(result["hidden_zero_fraction"]) == 2
+    assert len(result["hidden_zero_percent"]) == 2 and result["units"]["error"] == "percent of n"
     fail = cli(["eval", str(out / "checkpoint.safetensors"), "--data-dir", str(data_dir), "--limit", "500", "--max-error", "0"])
     assert fail.exit_code == 1 and "above --max-error" in fail.stderr
 
@@ -124,9 +124,13 @@ def test_bad_options_give_one_line_and_exit_2(cli, tmp_path, args, needles):
 
 def test_missing_data_dir_is_a_clear_error_without_partial_files(cli, tmp_path):
     out = tmp_path / "run"
+    r = cli(["train", "--data-dir", str(tmp_path / "typo"), "--no-download", "--out", str(out)])
+    _assert_usage_error(r, str(tmp_path / "typo"), "(--data-dir) does not exist")
+    assert sorted(tmp_path.iterdir()) == []  # a mistyped folder is reported, not created
+    (tmp_path / "empty").mkdir()
     r = cli(["train", "--data-dir", str(tmp_path / "empty"), "--no-download", "--out", str(out)])
-    _assert_usage_error(r, "train-images-idx3-ubyte.gz", "--data-dir")
-    assert not out.exists()
+    _assert_usage_error(r, "train-images-idx3-ubyte.gz", "--data-dir", "download is off")
+    assert not out.exists() and list((tmp_path / "empty").iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

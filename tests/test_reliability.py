@@ -664,8 +664,8 @@ def test_nan_weights_with_finite_losses_are_caught_too(cli, data_dir, tmp_path, 
 
     def poisoned(self, x, y, batches, step):
         losses = real(self, x, y, batches, step)
-        calls.append(1)
-        if len(calls) == 2:  # epoch 2 (300 samples / batch 10 = one block per epoch)
+        calls.append(len(batches))
+        if sum(calls) == 60:  # the last block of epoch 2 (300 samples / batch 10 = 30 steps per epoch)
             p = self.get_params()
             p["layers.0.weight"][0, 0] = np.nan
             self.set_params(p)

@@ -88,17 +88,17 @@ def test_figure_3_sparsity_equals_advbp_eval(runs, data_dir, tmp_path):
     report(data_dir, runs["adv0"], "--out", out, "--format", "svg")
     ev = run_cli(["eval", str(runs["adv0"]), "--data-dir", str(data_dir), "--limit", LIMIT, "--json"])
     assert ev.exit_code == 0, ev.stderr
-    want = json.loads(ev.stdout)["hidden_zero_fraction"]
+    want = json.loads(ev.stdout)["hidden_zero_percent"]  # eval --json: percent, as every error it prints
     s = json.loads((out / "report.json").read_text())["sparsity"][0]
     assert s["n"] == 100 and s["split"] == "test"
-    assert s["hidden_zero_fraction"] == want  # the same function on the same images: exactly equal
-    assert 0 < want[0] < 1
+    assert [100 * z for z in s["hidden_zero_fraction"]] == want  # the same function on the same images: exactly equal
+    assert 0 < want[0] < 100
     # ...and the numbers printed on the figure itself (SVG keeps its text) and in index.md are these
     svg_text = " ".join(t for t in ET.parse(out / "fig3-hidden-activations.svg").getroot().itertext())
     index = (out / "index.md").read_text()
-    for j, z in enumerate(want):
-        assert f"layer {j + 1}: {z * 100:5.1f}%" in svg_text
-        assert f"| {z * 100:.1f} |" in index
+    for j, z in enumerate(want):  # percent
+        assert f"layer {j + 1}: {z:5.1f}%" in svg_text
+        assert f"| {z:.1f} |" in index
 
 
 def test_two_runs_go_side_by_side(runs, data_dir, tmp_path):
@@ -207,7 +207,8 @@ def test_cifar_report_draws_rgb_tiles_and_conv_filters_and_figure_3_matches_eval
         ev = run_cli(["eval", str(cifar_runs[name]), "--limit", "64", "--data-dir", str(cifar_data_dir), "--json"])
         assert ev.exit_code == 0, ev.stderr
         got = json.loads(ev.stdout)
-        assert s["hidden_zero_fraction"] == got["hidden_zero_fraction"] and len(s["hidden_zero_fraction"]) == 2
+        assert [100 * z for z in s["hidden_zero_fraction"]] == got["hidden_zero_percent"]
+        assert len(s["hidden_zero_fraction"]) == 2
         assert s["n"] == got["n"] == 64
 
 

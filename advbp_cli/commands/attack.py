@@ -32,15 +32,16 @@ from ..attack_sets import (
     write_set,
 )
 from ..data.download import sha256_of
-from ..data.paths import resolve_data_dir
+from ..data.paths import explained, resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem, os_problem
 from ..networks import load_network
 from ..provenance import provenance
-from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
+from .config_options import runtime_options
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, explain_stray_values, json_option, no_download_option, threads_option
 
 @click.command("attack")
-@click.argument("source", type=click.Path())
+@click.argument("sources", metavar="SOURCE", nargs=-1, required=True, type=click.Path())
 @click.option("--eps", "eps_values", multiple=True, required=True,
               help="FGSM step; repeat it, or give a list (0.1,0.25) or an inclusive range START:STOP:STEP (0.05:0.5:0.05).")
 @click.option("--split", type=click.Choice(["validation", "test", "train"]), default="validation", show_default=True,
@@ -62,18 +63,17 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
 @click.option("--model-mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
               help="eval: dropout off, as for evaluation; train: dropout active as in training (masks from the "
                    "run's seed, one draw per batch, so they depend on --batch-size).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
-              help="Arithmetic of the gradient and of the stored npz inputs (default: the checkpoint's).")
+@runtime_options("dtype", default_note="the checkpoint's (also the stored npz inputs' type)")
 @backend_options
 @threads_option
-@data_dir_option
-@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@data_dir_option(reads_runs=True)
+@no_download_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the sets.")
 @click.option("--overwrite", is_flag=True, help="Replace the sets in --out (advbp's own files only; the folder is "
               "written as a whole, so a failure or a kill leaves the old sets).")
 @click.option("--compress/--no-compress", default=True, show_default=True, help="Deflate npz files (still no pickle).")
 @json_option
-def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, model_mode, dtype, backend, device,
+def attack_cmd(sources, eps_values, split, clip, fmt, loss, batch_size, limit, model_mode, dtype, backend, device,
                threads, data_dir, no_download, out_dir, overwrite, compress, as_json):
     """Write FGSM attack sets z = x + eps * sign(dJ/dx) computed with SOURCE (a run directory or checkpoint).
 
@@ -82,6 +82,10 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
     the source's error on the set). Evaluate other models on them with `advbp eval MODEL --attack-set FILE`.
     """
     threads = apply_command_threads(threads)
+    explain_stray_values(sources[1:], "--eps", "SOURCE")
+    if len(sources) > 1:
+        raise UsageProblem(f"advbp attack takes one SOURCE (got {len(sources)}: {' '.join(sources)})")
+    source = sources[0]
     eps_list = parse_eps(eps_values)
     if fmt == "idx" and clip is False:
         raise UsageProblem("--format idx stores uint8 pixels in [0, 1] and cannot hold unclipped sets; "
@@ -99,14 +103,15 @@ def attack_cmd(source, eps_values, split, clip, fmt, loss, batch_size, limit, mo
         raise UsageProblem(f"--format idx writes uint8 MNIST images of pixels in [0, 1]; {source} is a {dataset} model "
                            f"with {kind} inputs, so use --format npz")
     rule = clip_rule({"kind": kind}, clip) if kind == "zca" else None  # refuse --clip for zca before loading data
-    data_path, _ = resolve_data_dir(data_dir)
+    data_path, origin = resolve_data_dir(data_dir, runs=[source])
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    raw = load_raw(dataset, data_path, download=not no_download, log=log)
+    with explained(data_path, origin):
+        raw = load_raw(dataset, data_path, download=not no_download, log=log)
     if cfg.model.input_size != raw["x_train"].shape[1]:
         raise UsageProblem(f"{source} takes inputs of size {cfg.model.input_size}, but {dataset} images have "
                            f"{raw['x_train'].shape[1]} pixels")
     # the source run's own preprocessing, fitted on its training split (ZCA: read back from the cache), as `eval`
-    prep = preprocessor_for(cfg.data, raw, data_path, log)
+    prep = preprocessor_for(cfg.data, raw, log)
     data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, prep)
     rule = rule or clip_rule(data.preprocess, clip)
     clip_range = rule.range

@@ -6,16 +6,22 @@ import json
 
 import click
 
-from ..errors import UsageProblem
+
+DATA_DIR_HELP = ("Folder holding the data sets: mnist/ (the four IDX files, .gz or raw) and cifar10/ (the official "
+                 "batches, binary or python, or their archive). Looked up in this order: --data-dir, "
+                 "$ADVBP_DATA_DIR, {run}the per-user cache ~/.cache/advbp (downloads go there).")
 
 
-def data_dir_option(f):
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Folder holding mnist/ (default: $ADVBP_DATA_DIR, then ~/.cache/advbp).",
-    )(f)
+def data_dir_option(f=None, *, reads_runs: bool = False, resumes: bool = False):
+    run = "the folder the run was trained with, " if reads_runs else ""
+    run = "with --resume the folder the run was trained with, " if resumes else run
+    option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                          help=DATA_DIR_HELP.format(run=run))
+    return option(f) if f is not None else option
+
+
+def no_download_option(f):
+    return click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")(f)
 
 
 class ThreadsParam(click.ParamType):
@@ -71,33 +77,32 @@ def json_option(f):
 
 
 def backend_options(f):
-    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                     help="Torch device (default: the run's, else auto).")(f)
-    f = click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
-                     help="Arithmetic backend (default: the run's).")(f)
-    return f
+    """--backend and --device for commands that read a run: generated from the config fields (choices from the
+    backend registry), defaulting to the run's own."""
+    from .config_options import runtime_options
+
+    return runtime_options("backend", "device")(f)
 
 
-def parse_int_list(value: str, option: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.replace("x", ",").split(",") if v.strip()] if value.strip() else []
-    except ValueError:
-        raise UsageProblem(f"invalid value for {option}: {value!r} (expected comma-separated positive integers, e.g. 400,400)") from None
-    if not out:
-        raise UsageProblem(f"invalid value for {option}: {value!r} (expected comma-separated positive integers, e.g. 400,400)")
-    return out
+def explain_stray_values(args, value_option: str | None, metavar: str) -> None:
+    """`advbp eval RUN --fgsm-eps 0.25 0.5` makes 0.5 a second RUN. A positional argument that does not exist
+    but reads as a number, after an option that takes values, gets the value-list syntax instead of "not found"."""
+    from pathlib import Path
 
+    from ..errors import UsageProblem
 
-def parse_clip(value: str) -> tuple[float, float] | None:
-    if value.strip().lower() in ("none", "off", ""):
-        return None
-    parts = value.split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return float(parts[0]), float(parts[1])
-    except ValueError:
-        raise UsageProblem(f"invalid value for --clip: {value!r} (expected LO,HI such as 0,1, or none)") from None
+    for a in args:
+        if Path(a).exists():
+            continue
+        try:
+            float(str(a).split(":")[0])
+        except ValueError:
+            continue
+        if value_option:
+            raise UsageProblem(f"{a!r} was read as a {metavar} (it does not exist): {value_option} takes one value "
+                               f"each time; give several as {value_option} 0.25,0.5 or {value_option} 0.25 "
+                               f"{value_option} 0.5, or a range START:STOP:STEP")
+        raise UsageProblem(f"{metavar} {a} does not exist (it looks like a number: an option value without its option?)")
 
 
 def emit_json(obj) -> None:

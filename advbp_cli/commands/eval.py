@@ -8,13 +8,17 @@ from pathlib import Path
 
 import click
 
-from ..data.paths import resolve_data_dir
+from ..data.paths import explained, resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem, os_problem
 from ..evaluate import check_finite, evaluate_arrays, hidden_sparsity
 from ..networks import load_network
 from ..cliparams import FINITE_PERCENT
-from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, explain_stray_values, json_option, no_download_option, threads_option
+from .tables import is_plain, plain_option, print_table
+
+UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percent": "percent of the hidden units' "
+         "activations that are exactly 0, per hidden layer, over the n images"}
 
 
 @click.command("eval")
@@ -37,22 +41,29 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
               help="Save the robustness curve (error per model, attack and eps) as .csv or .json.")
 @backend_options
 @threads_option
-@data_dir_option
-@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@data_dir_option(reads_runs=True)
+@no_download_option
 @click.option("--max-error", type=FINITE_PERCENT, default=None,
               help="Exit 1 when the clean error (%) is above this: a gate for CI.")
+@plain_option
 @json_option
 def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size, curve_out, backend, device,
-             threads, data_dir, no_download, max_error, as_json):
+             threads, data_dir, no_download, max_error, plain, as_json):
     """Evaluate run directories or checkpoint files (any backend can load any checkpoint).
 
     With several SOURCEs and --attack-set FOLDER (or --fgsm-eps 0.05:0.5:0.05) it prints the robustness curve,
     error against eps per model; --curve-out saves it. With --json: one SOURCE prints one object (as always),
-    several print {"models": [...], "curve": [...]}.
+    several print {"models": [...], "curve": [...]}. Units: every error and zero fraction is in percent (`error`,
+    `hidden_zero_percent`; "units" in the JSON says so), losses are means per sample.
     """
     from ..attack import parse_eps
 
     threads = apply_command_threads(threads)
+    explain_stray_values(sources, "--fgsm-eps" if fgsm_eps else None, "SOURCE")
+    for src in sources:  # `--attack-set a.npz b.npz` makes b.npz a SOURCE
+        if Path(src).suffix.lower() in (".npz", ".json", ".idx") and Path(src).is_file():
+            raise UsageProblem(f"{src} was read as a SOURCE (a run directory or checkpoint) but looks like an attack "
+                               "set: --attack-set takes one value each time (repeat it, or give the sets' folder)")
     eps_list = parse_eps(fgsm_eps, "--fgsm-eps") if fgsm_eps else []
     curve_fmt = _curve_format(curve_out) if curve_out else None
     set_paths = _expand_sets(attack_sets)
@@ -68,10 +79,11 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
             if cfg.data.preprocess == "zca":
                 clip_rule({"kind": "zca"}, True, "--fgsm-clip")
     labels = _labels(sources)
-    data_path, _ = resolve_data_dir(data_dir)
+    data_path, origin = resolve_data_dir(data_dir, runs=sources)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    raws = {ds: load_raw(ds, data_path, download=not no_download, log=log)
-            for ds in dict.fromkeys(cfg.data.dataset for _, _, cfg, _, _ in models)}
+    with explained(data_path, origin):
+        raws = {ds: load_raw(ds, data_path, download=not no_download, log=log)
+                for ds in dict.fromkeys(cfg.data.dataset for _, _, cfg, _, _ in models)}
 
     for src, net, cfg, _, _ in models:
         raw = raws[cfg.data.dataset]
@@ -85,7 +97,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     for _, _, cfg, _, _ in models:
         key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
         if key not in prep_cache:
-            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], data_path, log)
+            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], log)
         preps.append(prep_cache[key])
 
     # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
@@ -115,7 +127,8 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
             "n": ev.n,
             "error": ev.error,
             "loss": ev.loss,
-            "hidden_zero_fraction": hidden_sparsity(net, data.x),
+            "hidden_zero_percent": [100 * z for z in hidden_sparsity(net, data.x)],
+            "units": UNITS,
             "backend": net.name,
             "device": net.device,
             "threads": threads,
@@ -142,7 +155,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"models": results, **({"curve": curve} if attacking else {})})
     elif attacking and (len(results) > 1 or curve_out):
-        _print_curve(curve, labels)
+        _print_curve(curve, labels, is_plain(plain))
     if curve_out and not as_json:
         click.echo(f"curve saved to {curve_out}")
     for src, name, err in failed:
@@ -236,7 +249,7 @@ def _attack_rows(label, src, net, cfg, ckpt, data, clean, set_paths, set_cache, 
 
 def _print_model(result: dict) -> None:
     ev_n, err = result["n"], result["error"]
-    sparsity = ", ".join(f"{z * 100:.1f}%" for z in result["hidden_zero_fraction"])
+    sparsity = ", ".join(f"{z:.1f}%" for z in result["hidden_zero_percent"])
     click.echo(f"{result['source']}: {result['split']} error {err:.2f}% ({int(round(err * ev_n / 100))}/{ev_n}), "
                f"loss {result['loss']:.4f}, hidden zeros per layer [{sparsity}] [{result['backend']}]")
     for r in result.get("attacks", [])[1:]:
@@ -256,26 +269,26 @@ def _curve_key(r: dict):
     return kind, clip
 
 
-def _print_curve(curve: list[dict], labels: list[str]) -> None:
+def _print_curve(curve: list[dict], labels: list[str], plain: bool) -> None:
     """One table per attack kind (stored sets / white-box) and clipping: rows eps, columns models."""
     clean = {r["model"]: r["error"] for r in curve if r["attack"] == "none"}
     groups: dict = {}
     for r in curve:
         if r["attack"] != "none":
             groups.setdefault(_curve_key(r), {}).setdefault(r["eps"], {})[r["model"]] = r
-    width = max(8, *(len(lab) for lab in labels))
     for (kind, clip), by_eps in groups.items():
         title = "stored attack sets (transfer; * = the model is the set's source)" if kind == "transfer" else "white-box FGSM"
-        click.echo(f"\nerror (%) against eps: {title}, {'clipped to the pixel range' if clip == 'clip' else 'unclipped'}")
-        click.echo("eps".ljust(7) + "".join(lab.rjust(width + 2) for lab in labels))
-        click.echo("0".ljust(7) + "".join(f"{clean.get(lab, float('nan')):.2f}".rjust(width + 2) for lab in labels))
+        rows = [["0", *(f"{clean.get(lab, float('nan')):.2f}" for lab in labels)]]
         for eps in sorted(by_eps):
             cells = []
             for lab in labels:
                 r = by_eps[eps].get(lab)
-                cell = "-" if r is None else f"{r['error']:.2f}" + ("*" if r["attack"] == "whitebox-set" else "")
-                cells.append(cell.rjust(width + 2))
-            click.echo(f"{eps:<7g}" + "".join(cells))
+                cells.append("-" if r is None else f"{r['error']:.2f}" + ("*" if r["attack"] == "whitebox-set" else ""))
+            rows.append([f"{eps:g}", *cells])
+        click.echo("")
+        print_table(["eps", *labels], rows, plain=plain,
+                    title=f"error (%) against eps: {title}, "
+                          f"{'clipped to the pixel range' if clip == 'clip' else 'unclipped'}")
 
 
 CSV_COLUMNS = ["model", "attack", "eps", "clip", "split", "n", "error", "loss", "set", "source"]

@@ -7,7 +7,7 @@ import shlex
 
 import click
 
-from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, threads_option
+from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, no_download_option, threads_option
 
 
 @click.command("report")
@@ -22,8 +22,8 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
 @click.option("--overwrite", is_flag=True, help="Replace the report in --out (advbp's own files there only).")
 @backend_options
 @threads_option
-@data_dir_option
-@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@data_dir_option(reads_runs=True)
+@no_download_option
 @json_option
 def report_cmd(sources, out, fmt, limit, tiles, overwrite, backend, device, threads, data_dir, no_download, as_json):
     """Draw the paper's figures from one or more run directories or a sweep directory.

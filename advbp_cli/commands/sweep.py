@@ -11,44 +11,23 @@ import click
 from .. import executors
 from .. import sweep as sw
 from ..cliparams import NON_NEGATIVE, POSITIVE
-from ..data.paths import resolve_data_dir
+from ..data.paths import explained, resolve_data_dir
 from ..data.splits import ensure_dataset
 from ..errors import TrainingDiverged, UsageProblem
 from ..networks import require_device
-from .common import THREADS_HELP, ThreadsParam, WorkersParam, data_dir_option, emit_json, json_option, parse_int_list
+from .common import WorkersParam, data_dir_option, emit_json, json_option, no_download_option
+from .progress import RunProgress, clock_text
+from .tables import is_plain, plain_option, print_table
+from .config_options import ConfigOverrides, SectionedCommand, config_options
 
-# CLI option -> config (section, field), applied to every run of the sweep.
-OVERRIDES = {
-    "hidden": ("model", "hidden"),
-    "conv_channels": ("model", "conv_channels"),
-    "epochs": ("train", "epochs"),
-    "mean_last": ("train", "mean_last"),
-    "train_limit": ("data", "train_limit"),
-    "eval_limit": ("data", "eval_limit"),
-    "eval_train_error": ("data", "eval_train_error"),
-    "backend": ("runtime", "backend"),
-    "device": ("runtime", "device"),
-    "threads": ("runtime", "threads"),
-}
+# Config fields a sweep sets itself, so they are not options of `advbp sweep`.
+EXCLUDED = {("runtime", "seed"): "a sweep's seeds are 0..N-1 (--seeds N)"}
 
 
-@click.command("sweep")
+@click.command("sweep", cls=SectionedCommand)
 @click.argument("targets", nargs=-1, metavar="GROUP_OR_PRESETS...")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds 0..N-1 for every preset (default 5, as the paper; on --resume: the sweep's).")
-@click.option("--epochs", type=int, default=None, help="Epochs per run (default: the preset's, 150).")
-@click.option("--hidden", default=None,
-              help="Hidden (fully connected) layer sizes for every preset, e.g. 16,16 (small test sweeps).")
-@click.option("--conv-channels", default=None,
-              help="Filters of each conv layer for every conv preset, e.g. 8,8,8 (MLP presets ignore it).")
-@click.option("--mean-last", type=int, default=None, help="Per-run statistic: mean eval error of the last N epochs (10).")
-@click.option("--train-limit", type=int, default=None, help="Only the first N training images (small test sweeps).")
-@click.option("--eval-limit", type=int, default=None, help="Only the first N evaluation images.")
-@click.option("--eval-train-error/--no-eval-train-error", default=None,
-              help="Measure the clean training error after every epoch (default on; off saves time).")
-@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None, help="Default: torch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--threads", type=ThreadsParam(), default=None, metavar="N|auto", help=THREADS_HELP)
 @click.option("--workers", type=WorkersParam(), default=None, metavar="N|auto",
               help="Local executor: runs trained at once, each in its own process (default auto: one per CPU a "
                    "run's threads use, at most the runs left; 1 trains them one after another in this process).")
@@ -69,37 +48,42 @@ OVERRIDES = {
 @click.option("--gpus-per-run", type=NON_NEGATIVE, default=None,
               help="--executor ray: GPUs each run reserves (default 0; fractions share a GPU).")
 @data_dir_option
-@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing data.")
+@no_download_option
+@plain_option
 @json_option
-def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as_json, executor_name, address,
-              cpus_per_run, gpus_per_run, workers, **options):
+@config_options(excluded=EXCLUDED)
+def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, plain, as_json, executor_name, address,
+              cpus_per_run, gpus_per_run, workers, config: ConfigOverrides):
     """Train every (preset, seed) of preset groups (see `advbp presets`) or presets, and compare with the paper.
 
     Prints, and writes to the sweep directory as summary.json/.csv/.md, the mean ± std over seeds of each
-    run's mean test error of the last 10 epochs, the paper's value, and the difference in units of its std.
+    run's mean test error of the last 10 epochs, the paper's value, and the difference in units of its std
+    (only when the runs follow the paper's protocol). Every config field below (or --set SECTION.FIELD=VALUE)
+    applies to every preset of the sweep, e.g. --epochs 3 --hidden 16,16 for a quick check.
     """
     if report_dir is not None:
         if targets or out or resume:
             raise UsageProblem("--report prints an existing sweep; it takes no GROUP_OR_PRESETS, --out or --resume")
         summary = sw.load_report(Path(report_dir))
-        _show(summary, as_json)
+        _show(summary, as_json, plain)
         return
 
     executor = executors.make_executor(executor_name, address, cpus_per_run, gpus_per_run, workers)
     if executor_name == "local":  # a Ray cluster's GPUs live on other nodes; only a local run can be checked here
-        require_device(options.get("device"))
-    sweep_dir, request = sw.plan(list(targets), seeds, _overrides(options), out, resume)
-    data_path, _ = resolve_data_dir(data_dir)
+        require_device(config.values.get("runtime", {}).get("device"))
+    sweep_dir, request = sw.plan(list(targets), seeds, config.values, out, resume, origin=config.origin)
+    data_path, origin = resolve_data_dir(data_dir)
     # Data problems are found before anything is written, so a failed start leaves no sweep directory behind:
     # the files of every data set the requested presets use (e.g. table3: CIFAR-10; mnist groups: MNIST).
-    for dataset in sw.datasets_of(request):
-        ensure_dataset(dataset, data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
+    with explained(data_path, origin):
+        for dataset in sw.datasets_of(request):
+            ensure_dataset(dataset, data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
 
     with executor as execute:  # --executor ray: connects to (or starts) Ray here, before anything is written
-        display = LiveTable(request, sweep_dir)
+        display = LiveTable(request, sweep_dir, plain)
         with display:
             summary = sw.run_sweep(sweep_dir, request, data_path, events=display.events(), executor=execute)
-    _show(summary, as_json, sweep_dir)
+    _show(summary, as_json, plain, sweep_dir)
     failures = summary.get("failures")
     if failures:  # the others are summarised; --resume retries these from their last good epoch
         listed = "; ".join(f"{f['run_dir']}: {f['message']}" for f in failures)
@@ -109,74 +93,77 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, as
                            f"the others are summarised. Continue with: advbp sweep --resume --out {sweep_dir}")
 
 
-def _overrides(options: dict) -> dict:
-    out: dict = {}
-    for opt, (section, key) in OVERRIDES.items():
-        value = options.get(opt)
-        if value is None:
-            continue
-        if opt in ("hidden", "conv_channels"):
-            value = parse_int_list(value, "--" + opt.replace("_", "-"))
-        out.setdefault(section, {})[key] = value
-    return out
-
-
-def _show(summary: dict, as_json: bool, sweep_dir: Path | None = None) -> None:
+def _show(summary: dict, as_json: bool, plain: bool, sweep_dir: Path | None = None) -> None:
     if as_json:
         emit_json({"sweep_dir": str(sweep_dir), **summary} if sweep_dir else summary)
         return
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: wide enough that the table's rows stay on one line each
-        console = Console(width=max(console.width, 140))
-    sw.print_summary(summary, console)
+    plain = is_plain(plain)
+    for ln in sw.header_lines(summary):
+        click.echo(ln)
+    print_table(sw.TABLE_HEADER, sw.table_rows(summary), title="per preset", plain=plain, no_wrap=("preset",))
+    if summary["comparisons"]:
+        print_table(sw.PAIR_HEADER, sw.pair_rows(summary), title="adversarial vs back-propagation", plain=plain)
     if sweep_dir is not None:
-        console.print(f"written: {', '.join(str(sweep_dir / n) for n in sw.SUMMARY_FILES)}", highlight=False, markup=False, soft_wrap=True)
+        click.echo(f"written: {', '.join(str(sweep_dir / n) for n in sw.SUMMARY_FILES)}")
 
 
 class LiveTable:
-    """A rich live table on stderr, one row per preset; one plain line per finished run (useful in logs)."""
+    """One row per preset, redrawn on stderr while the sweep runs when stderr is a terminal (and --plain is not
+    given); always one plain line per finished run (useful in logs). Each running seed shows its RunProgress."""
 
-    def __init__(self, request: sw.SweepRequest, sweep_dir: Path):
+    def __init__(self, request: sw.SweepRequest, sweep_dir: Path, plain: bool = False, clock=time.monotonic):
         from rich.console import Console
 
         self.request = request
         self.sweep_dir = sweep_dir
         self.console = Console(stderr=True)
+        self.interactive = self.console.is_terminal and not plain
+        self.clock = clock
         self.rows = {p: {"done": 0, "values": [], "now": "waiting", "last": None} for p in request.presets}
         self.active = {p: {} for p in request.presets}  # seed -> progress text, for executors running seeds in parallel
-        self.t0 = time.perf_counter()
+        self.t0 = clock()
         self.n_runs = len(request.runs())
         self.n_finished = 0
         self.live = None
 
     def __enter__(self):
-        from rich.live import Live
+        self._print(f"advbp: sweep of {len(self.request.presets)} preset(s) x {len(self.request.seeds)} seed(s) "
+                    f"-> {self.sweep_dir}")
+        if self.interactive:
+            from rich.live import Live
 
-        self.console.print(f"advbp: sweep of {len(self.request.presets)} preset(s) x {len(self.request.seeds)} seed(s) "
-                           f"-> {self.sweep_dir}", highlight=False, markup=False)
-        self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=True,
-                         get_renderable=self._render)
-        self.live.__enter__()
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render)
+            self.live.start()
         return self
 
     def __exit__(self, *exc):
-        return self.live.__exit__(*exc)
+        if self.live is not None:
+            self.live.stop()
 
-    def _render(self):
-        from rich.table import Table
+    def _print(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-        t = Table(title=f"sweep {self.sweep_dir}: {self.n_finished}/{self.n_runs} runs, "
-                        f"{time.perf_counter() - self.t0:.0f}s", title_justify="left")
-        for h in ("preset", "seeds", "now", "last eval %", "error % so far", "paper %"):
-            t.add_column(h, no_wrap=True)
+    def table_rows(self) -> list[list[str]]:
+        out = []
         for p, r in self.rows.items():
             vals = r["values"]
             so_far = "-" if not vals else f"{sum(vals) / len(vals):.3f}" + (f" (n={len(vals)})" if len(vals) > 1 else "")
             paper = (sw.preset_files.load_preset(p).get("paper") or {}).get("error")
-            t.add_row(p, f"{r['done']}/{len(self.request.seeds)}", r["now"], "-" if r["last"] is None else f"{r['last']:.2f}",
-                      so_far, "-" if paper is None else f"{paper:.2f}")
+            now = r["now"]() if callable(r["now"]) else r["now"]
+            out.append([p, f"{r['done']}/{len(self.request.seeds)}", now, "-" if r["last"] is None else f"{r['last']:.2f}",
+                        so_far, "-" if paper is None else f"{paper:.2f}"])
+        return out
+
+    def _render(self):
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title=Text(f"sweep {self.sweep_dir}: {self.n_finished}/{self.n_runs} runs, "
+                             f"{clock_text(self.clock() - self.t0)} elapsed"), title_justify="left")
+        for h in ("preset", "seeds", "now", "last eval %", "error % so far", "paper %"):
+            t.add_column(h, no_wrap=True)
+        for row in self.table_rows():
+            t.add_row(*(Text(c) for c in row))
         return t
 
     def events(self) -> sw.SweepEvents:
@@ -184,21 +171,17 @@ class LiveTable:
             from ..trainer import Reporter
 
             row = self.rows[preset]
-            st = {"epoch": 0, "epochs": 0, "steps": 0, "per_epoch": 1}
+            progress = RunProgress(self.clock)
 
             def start(first_epoch, epochs, steps_per_epoch):
-                st.update(epoch=first_epoch + 1, epochs=epochs, steps=0, per_epoch=steps_per_epoch)
-                row["now"] = f"seed {seed}: epoch {st['epoch']}/{epochs}" + (f" (resumed)" if first_epoch else "")
-
-            def steps(n, loss):
-                st["steps"] += n
-                row["now"] = f"seed {seed}: epoch {st['epoch']}/{st['epochs']} {100 * st['steps'] / st['per_epoch']:.0f}%"
+                progress.start(first_epoch, epochs, steps_per_epoch)
+                row["now"] = lambda: f"seed {seed}: {progress.short()}" + (" (resumed)" if first_epoch else "")
 
             def epoch_end(m):
+                progress.epoch_end(m)
                 row["last"] = m["eval_error"]
-                st.update(epoch=m["epoch"] + 1, steps=0)
 
-            return Reporter(start=start, steps=steps, epoch_end=epoch_end, log=lambda msg: None)
+            return Reporter(start=start, steps=progress.steps, epoch_end=epoch_end, log=lambda msg: None)
 
         def run_start(preset, seed, first_epoch):
             self.rows[preset]["now"] = f"seed {seed}: starting"
@@ -221,6 +204,6 @@ class LiveTable:
             what = {"done": "trained" + (f" (resumed after epoch {o.resumed_from_epoch})" if o.resumed_from_epoch else ""),
                     "skipped": "already complete, kept", "diverged": "DIVERGED", "failed": "FAILED"}[o.status]
             value = f": {o.summary['headline']['value']:.3f}%" if o.summary else f": {o.message}"
-            self.console.print(f"[{self.n_finished}/{self.n_runs}] {o.run_dir} {what}{value}", highlight=False, markup=False)
+            self._print(f"[{self.n_finished}/{self.n_runs}] {o.run_dir} {what}{value}")
 
         return sw.SweepEvents(run_start=run_start, run_end=run_end, reporter_for=reporter_for, progress=progress)

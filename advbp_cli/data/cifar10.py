@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageProblem
+from ..errors import DataMissing, UsageProblem
 from ..files import write_bytes_atomic
-from .download import download_verified, mirrors_from_env
+from .download import DownloadFailed, download_verified, mirrors_from_env, new_folder
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -305,20 +305,21 @@ def ensure_files(data_dir: Path, download: bool = True, log=print, verify: bool 
         if missing and (folder / archive.name).is_file():
             _extract(folder / archive.name, archive, missing, data_dir, log)
             missing = [b for b in missing if locate(data_dir, b) is None]
+    expected = f"{BIN_DIR}/ or {PY_DIR}/ or {BINARY_ARCHIVE.name}"
     if missing and not download:
-        raise UsageProblem(
-            f"CIFAR-10 batches missing in {folder}: {', '.join(missing)} (download is off; place "
-            f"{BIN_DIR}/ or {PY_DIR}/ or {BINARY_ARCHIVE.name} there, or set --data-dir / $ADVBP_DATA_DIR)")
+        what = "no CIFAR-10 batch" if len(missing) == len(BATCHES) else f"missing {', '.join(missing)}"
+        raise DataMissing("CIFAR-10", folder, expected, f"{what}; download is off")
     if missing:
         dest = folder / BINARY_ARCHIVE.name
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageProblem(f"cannot create {folder} to download CIFAR-10 into: {exc.strerror}") from None
-        log(f"advbp: downloading {BINARY_ARCHIVE.name} ({BINARY_ARCHIVE.size / 1e6:.0f} MB) into {folder}")
         mirrors = mirrors_from_env(ENV_MIRRORS, MIRRORS)
-        download_verified(BINARY_ARCHIVE.name, [m + BINARY_ARCHIVE.name for m in mirrors], dest,
-                          BINARY_ARCHIVE.sha256, log=log)
+        try:
+            with new_folder(folder):
+                log(f"advbp: downloading {BINARY_ARCHIVE.name} ({BINARY_ARCHIVE.size / 1e6:.0f} MB) into {folder}")
+                download_verified(BINARY_ARCHIVE.name, [m + BINARY_ARCHIVE.name for m in mirrors], dest,
+                                  BINARY_ARCHIVE.sha256, log=log)
+        except DownloadFailed as exc:
+            raise DataMissing("CIFAR-10", folder, expected, f"the download failed: {exc.summary}",
+                              detail=str(exc)) from None
         try:
             _extract(dest, BINARY_ARCHIVE, missing, data_dir, log)
         finally:

@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UsageProblem
@@ -71,14 +72,35 @@ def _describe(exc: BaseException) -> str:
     return str(reason or exc) or type(exc).__name__
 
 
+class DownloadFailed(UsageProblem):
+    """Every mirror failed. The message lists every attempt; `summary` says it in a few words (the last answer
+    of each mirror, by host), for the one-line error a command prints."""
+
+    def __init__(self, message: str, last_by_host: dict[str, str]):
+        super().__init__(message)
+        reasons = set(last_by_host.values())
+        if len(reasons) == 1:
+            self.summary = f"{len(last_by_host)} mirror(s) tried, each: {reasons.pop()}"
+        else:
+            self.summary = "; ".join(f"{host}: {why}" for host, why in last_by_host.items())
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return (parts.netloc + "/" + parts.path.strip("/").rsplit("/", 1)[0]).rstrip("/") if parts.netloc else url
+
+
 def download_verified(name: str, urls: list[str], dest: Path, sha256: str, log=print) -> None:
     """Tries each URL and places the first file whose sha256 matches at `dest`. Network errors and truncated
     transfers and HTTP 5xx are tried ATTEMPTS_PER_MIRROR times per mirror; an HTTP 4xx (e.g. 404) or a wrong
     checksum moves on to the next mirror at once, since asking again would get the same answer. Nothing but a verified
-    file ever carries the final name, and no temporary file is left behind. Raises UsageProblem saying what
-    happened at every mirror."""
+    file ever carries the final name, and no temporary file is left behind. Raises DownloadFailed saying what
+    happened at every mirror. Callers that must not leave folders behind create dest's folder with new_folder."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
+    last: dict[str, str] = {}
     for url in urls:
         for attempt in range(1, ATTEMPTS_PER_MIRROR + 1):
             try:
@@ -90,10 +112,12 @@ def download_verified(name: str, urls: list[str], dest: Path, sha256: str, log=p
                 return
             except _BadChecksum as bad:
                 failures.append(f"{url}: sha256 {bad.actual[:12]}... does not match the expected {sha256[:12]}...")
+                last[_host(url)] = "wrong checksum"
                 log(f"advbp: {url} served a file with the wrong checksum; trying the next mirror")
                 break  # the same mirror would serve the same bytes again
             except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
                 what = _describe(exc)
+                last[_host(url)] = what
                 if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 or isinstance(exc, ValueError):
                     failures.append(f"{url}: {what}")
                     log(f"advbp: {url}: {what}; trying the next mirror")
@@ -102,10 +126,34 @@ def download_verified(name: str, urls: list[str], dest: Path, sha256: str, log=p
                 if attempt < ATTEMPTS_PER_MIRROR:
                     log(f"advbp: {url}: {what}; retrying")
                     time.sleep(RETRY_PAUSE_S * attempt)
-    raise UsageProblem(
+    raise DownloadFailed(
         f"could not download {name}: " + "; ".join(failures) + f". Place the file at {dest} by hand, "
-        "or point --data-dir / $ADVBP_DATA_DIR at a folder that has it"
-    )
+        "or point --data-dir / $ADVBP_DATA_DIR at a folder that has it", last)
+
+
+@contextmanager
+def new_folder(folder: Path):
+    """Creates `folder` (and missing parents) for a download; if the block fails, removes what it created, as far
+    as it is still empty, so a failed download leaves no empty folders behind."""
+    folder = Path(folder)
+    made = []
+    p = folder
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageProblem(f"cannot create {folder} to download into: {exc.strerror or exc}") from None
+    try:
+        yield folder
+    except BaseException:
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def mirrors_from_env(var: str, default: list[str]) -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageProblem
-from .download import download_verified, mirrors_from_env, sha256_of
+from ..errors import DataMissing, UsageProblem
+from .download import DownloadFailed, download_verified, mirrors_from_env, new_folder, sha256_of
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -63,21 +63,24 @@ def ensure_files(data_dir: Path, download: bool, log=print) -> dict[str, Path]:
                 "delete it to download it again, or replace it with the original file"
             )
         found[name] = path
+    folder = mnist_folder(data_dir)
+    expected = ", ".join(f"{m}.gz" for m in FILES)
     if missing and not download:
-        raise UsageProblem(
-            f"MNIST files missing in {mnist_folder(data_dir)}: " + ", ".join(f"{m}.gz" for m in missing)
-            + " (download is off; place them there, or set --data-dir / $ADVBP_DATA_DIR)"
-        )
+        what = "no MNIST file" if len(missing) == len(FILES) else "missing " + ", ".join(f"{m}.gz" for m in missing)
+        raise DataMissing("MNIST", folder, expected, f"{what}; download is off")
+    if not missing:
+        return found
     mirrors = mirrors_from_env(ENV_MIRRORS, MIRRORS)
-    for name in missing:
-        dest = mnist_folder(data_dir) / f"{name}.gz"
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageProblem(f"cannot create {dest.parent} to download MNIST into: {exc.strerror}") from None
-        log(f"advbp: downloading {name}.gz into {dest.parent}")
-        download_verified(f"{name}.gz", [m + f"{name}.gz" for m in mirrors], dest, SHA256_GZ[name], log=log)
-        found[name] = dest
+    try:
+        with new_folder(folder):
+            for name in missing:
+                dest = folder / f"{name}.gz"
+                log(f"advbp: downloading {name}.gz into {folder}")
+                download_verified(f"{name}.gz", [m + f"{name}.gz" for m in mirrors], dest, SHA256_GZ[name], log=log)
+                found[name] = dest
+    except DownloadFailed as exc:
+        raise DataMissing("MNIST", folder, expected, f"the download of {name}.gz failed: {exc.summary}",
+                          detail=str(exc)) from None
     return found
 
 

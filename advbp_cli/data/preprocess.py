@@ -18,9 +18,10 @@
   in the directions whose variance is well above eps (CIFAR-10, x/255: 512 of 3072 eigenvalues exceed 0.01).
 
 The ZCA fit costs a d x d covariance over the training split plus a d x d eigendecomposition (CIFAR-10: d = 3072,
-~15 s on one core), so it is cached on disk as an .npz (no pickle) under DATA_DIR/DATASET/preprocess/, or under
-the per-user cache folder when the data folder is read-only, named by a key over the sha256 of the training pixels
-and every parameter: different data, split or eps get a different file. A damaged cache file is refitted.
+~15 s on one core), so it is cached on disk as an .npz (no pickle) in the per-user cache folder
+(~/.cache/advbp/preprocess/DATASET, or under $XDG_CACHE_HOME), named by a key over the sha256 of the training pixels
+and every parameter: different data, split or eps get a different file. A damaged cache file is refitted. The data
+folder is never written: it may be shared, read-only, or a copy the user wants left exactly as it is.
 """
 
 from __future__ import annotations
@@ -152,11 +153,10 @@ def _writable(folder: Path) -> bool:
     return folder.is_dir() and bool(mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
 
 
-def cache_dirs(data_dir: Path | None, dataset: str) -> list[Path]:
-    """Where ZCA fits are looked for, in order: DATA_DIR/DATASET/preprocess, then the per-user cache folder
-    (~/.cache/advbp/preprocess/DATASET or $XDG_CACHE_HOME's). New fits are saved in the first writable one."""
-    dirs = [Path(data_dir) / dataset / "preprocess"] if data_dir is not None else []
-    return dirs + [default_cache_dir() / "preprocess" / dataset]
+def cache_dirs(dataset: str) -> list[Path]:
+    """Where ZCA fits are looked for and saved: the per-user cache folder (~/.cache/advbp/preprocess/DATASET or
+    $XDG_CACHE_HOME's), never the data folder (see the module docstring)."""
+    return [default_cache_dir() / "preprocess" / dataset]
 
 
 def zca_key(x_uint8: np.ndarray, epsilon: float) -> dict:

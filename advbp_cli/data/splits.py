@@ -52,21 +52,20 @@ def train_indices(n_train: int, eval_split: str) -> np.ndarray:
     return np.arange(n_train - VALIDATION_SIZE if eval_split == "validation" else n_train)
 
 
-def preprocessor_for(data_cfg, raw: dict[str, np.ndarray], data_dir: Path | None = None, log=print) -> pp.Preprocessor:
+def preprocessor_for(data_cfg, raw: dict[str, np.ndarray], log=print) -> pp.Preprocessor:
     """The run's preprocessing, fitted on its training split (the whole split, whatever train_limit says: a limit
     makes a smoke run smaller, not its preprocessing different) and never on evaluation images. ZCA fits are
-    cached under data_dir (or the per-user cache), so `advbp eval` recomputes the run's exact transform cheaply."""
+    cached in the per-user cache folder, so `advbp eval` recomputes the run's exact transform cheaply."""
     kind = getattr(data_cfg, "preprocess", "scale01")
     if kind == "scale01":
         return pp.Scale01()
     x = raw["x_train"][: len(train_indices(len(raw["x_train"]), data_cfg.eval_split))]
     return pp.fit(kind, x, zca_epsilon=getattr(data_cfg, "zca_epsilon", pp.DEFAULT_ZCA_EPSILON),
-                  cache=pp.cache_dirs(data_dir, data_cfg.dataset), log=log)
+                  cache=pp.cache_dirs(data_cfg.dataset), log=log)
 
 
 def split_of(raw: dict[str, np.ndarray], name: str, eval_split: str, dtype: str, limit: int | None = None,
-             preprocess: pp.Preprocessor | None = None, *, data_cfg=None, data_dir: Path | None = None,
-             log=print) -> Split:
+             preprocess: pp.Preprocessor | None = None, *, data_cfg=None, log=print) -> Split:
     """`train` in validation mode is all but the last 10k training images; `validation` is the last 10k.
     The images are preprocessed by `preprocess`, else by the run's preprocessing when `data_cfg` is given
     (fitted on its training split, see preprocessor_for), else scaled to [0, 1]."""
@@ -82,7 +81,7 @@ def split_of(raw: dict[str, np.ndarray], name: str, eval_split: str, dtype: str,
     if limit is not None:
         idx = idx[:limit]
     if preprocess is None:
-        preprocess = preprocessor_for(data_cfg, raw, data_dir, log) if data_cfg is not None else pp.Scale01()
+        preprocess = preprocessor_for(data_cfg, raw, log) if data_cfg is not None else pp.Scale01()
     x = raw[f"x_{source}"][idx]
     y = raw[f"y_{source}"][idx].astype(np.int64)
     return Split(name, preprocess.apply(x, dtype), y, idx, source, preprocess.describe())
@@ -91,7 +90,7 @@ def split_of(raw: dict[str, np.ndarray], name: str, eval_split: str, dtype: str,
 def load_splits(data_cfg, dtype: str, data_dir: Path, download: bool = True, log=print) -> tuple[Split, Split]:
     """(training split, evaluation split) for a run's DataConfig, both preprocessed as the run says."""
     raw = load_raw(getattr(data_cfg, "dataset", "mnist"), data_dir, download=download, log=log)
-    prep = preprocessor_for(data_cfg, raw, data_dir, log)
+    prep = preprocessor_for(data_cfg, raw, log)
     train = split_of(raw, "train", data_cfg.eval_split, dtype, data_cfg.train_limit, prep)
     evaluation = split_of(raw, data_cfg.eval_split, data_cfg.eval_split, dtype, data_cfg.eval_limit, prep)
     return train, evaluation
