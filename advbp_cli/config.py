@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Callable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backends import available_backends
 from .errors import UsageProblem
+from .threads import parse_threads
 
 
 @dataclass(frozen=True)
@@ -200,16 +201,10 @@ class RuntimeConfig(_Strict):
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the arithmetic")
     seed: int = Field(0, ge=0, description="seeds the initial weights, the batch order and the dropout masks")
     tf32: bool = Field(False, description="allow TF32 matmuls on CUDA (changes results; off by default)")
-    threads: Union[Literal["auto"], int] = Field(
+    # The check travels with the type (not a model validator), so a flag, --set and a config file all get it.
+    threads: Annotated[Union[Literal["auto"], int], BeforeValidator(parse_threads)] = Field(
         "auto", description="CPU threads of the arithmetic (torch intra-op and BLAS): a positive integer, or auto "
         "(one for small steps such as MNIST at batch 10, else this run's share of the CPUs; see advbp_cli/threads.py)")
-
-    @field_validator("threads", mode="before")
-    @classmethod
-    def _threads(cls, v):
-        from .threads import parse_threads
-
-        return parse_threads(v)
 
     @field_validator("backend")
     @classmethod
