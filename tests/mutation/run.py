@@ -58,7 +58,7 @@ def prepare(work: Path, rev: str) -> tuple[Path, dict]:
                   capture=True).stdout.strip()
         # the packages of the interpreter running this script (e.g. a developer's venv), after the venv's own
         Path(site, "advbp-mutation-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", src)
+    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "-e", src)
     env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.setdefault("ADVBP_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -114,13 +114,13 @@ def run_group(name: str, group: dict, settings: dict, src: Path, env: dict, work
         "[cosmic-ray.distributor]\nname = \"local\"\n")
     if fresh or not session.exists():
         session.unlink(missing_ok=True)
-        sh("cosmic-ray", "init", config, session, cwd=src, env=env)
+        sh(sys.executable, "-m", "cosmic_ray.cli", "init", config, session, cwd=src, env=env)
         with use_db(str(session)) as db:
             counts = sample(db, settings["per_file"])
         print(f"[{name}] baseline {baseline_s:.0f} s, timeout {timeout:.0f} s; sampled: "
               + ", ".join(f"{m} {s}/{t}" for m, (s, t) in sorted(counts.items())), flush=True)
     t0 = time.monotonic()
-    sh("cosmic-ray", "exec", config, session, cwd=src, env=env)
+    sh(sys.executable, "-m", "cosmic_ray.cli", "exec", config, session, cwd=src, env=env)
     wall = time.monotonic() - t0
     meta = work / f"{name}.json"
     old = json.loads(meta.read_text()) if meta.exists() and not fresh else {}
