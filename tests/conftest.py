@@ -43,6 +43,42 @@ def data_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decode_shared_data_once():
+    """The in-process commands of the suite load MNIST and CIFAR-10 from the shared folder a few hundred times;
+    decoding it once per session (about 1.5 s for MNIST, 10 s for CIFAR-10 under load) saves minutes. Only the
+    shared folder is cached, keyed by its files' names, sizes and mtimes: every test that makes its own data folder
+    (damaged, raw, archived, downloaded files) goes through the real loader, and so does the first load here. The
+    cached arrays are read-only, so a command that wrote into its input data would fail loudly, not leak."""
+    from advbp_cli.data import cifar10, mnist
+
+    shared = _data_dir().resolve()
+    cache: dict = {}
+
+    def cached(real, sub: str):
+        def load(data_dir, download=True, log=print):
+            folder = Path(data_dir).resolve()
+            if folder != shared:
+                return real(data_dir, download=download, log=log)
+            files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (folder / sub).rglob("*")
+                           if p.is_file())
+            key = (sub, tuple(files))
+            if key not in cache:
+                arrays = real(data_dir, download=download, log=log)
+                for a in arrays.values():
+                    a.setflags(write=False)
+                cache[key] = arrays
+            return dict(cache[key])
+
+        return load
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cifar10, "load_cifar10", cached(cifar10.load_cifar10, "cifar10"))
+    mp.setattr(mnist, "load_mnist", cached(mnist.load_mnist, "mnist"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def mnist(data_dir):
     from advbp_cli.data.mnist import load_mnist
