@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    # the Ctrl-C tests (in-process, and the advbp processes they start, which inherit the disposition) need it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if _NUMPY_WAS_LOADED and os.environ.get("OMP_NUM_THREADS") == "1":
         # numpy's BLAS read its thread count before this file ran; say so instead of failing obscurely later
         config.issue_config_time_warning(pytest.PytestConfigWarning(

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -175,6 +176,9 @@ def summary(work: Path, names: list[str]) -> str:
 
 
 def main(argv=None) -> None:
+    # started as a background job, this process would ignore SIGINT, and so would every test process it starts
+    # (ignored signals are inherited): the Ctrl-C tests need Python's own handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = tomllib.loads((HERE / "groups.toml").read_text())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("groups", nargs="*", help=f"default: all of {', '.join(cfg['groups'])}")
