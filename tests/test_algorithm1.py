@@ -149,3 +149,33 @@ def test_the_perturbation_moves_every_pixel_by_eps_in_the_direction_that_raises_
     up, clean, down = (j(xb.detach() + s * 0.1 * torch.sign(e)).item() for s in (1, 0, -1))
     assert up > clean > down
     assert loss_on_z == pytest.approx(up, rel=1e-12)
+
+
+def test_a_cli_run_is_algorithm_1_over_the_documented_batch_order(data_dir, mnist, tmp_path):
+    """End to end: `advbp train` on 25 images in batches of 10 (two full batches and a final batch of 5, every
+    epoch) equals the autograd reference fed the same batches: each epoch's order is rng.epoch_permutation(seed,
+    epoch, n), the init is N(0, init_std^2) keyed by the seed, the last partial batch is a step of its own."""
+    from safetensors.numpy import load_file
+
+    from advbp_cli.rng import epoch_permutation
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    r = run_cli(["train", "--data-dir", str(data_dir), "--no-download", "--train-limit", "25", "--eval-limit", "10",
+                 "--batch-size", "10", "--epochs", "2", "--hidden", "16", "--dtype", "float64", "--backend", "numpy",
+                 "--method", "adversarial", "--eps", "0.1", "--lr", "0.1", "--init-std", "0.1", "--seed", "3",
+                 "--no-eval-train-error", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    model = small_model(hidden=(16,))
+    model = model.model_copy(update={"init_std": 0.1})
+    x = mnist["x_train"][:25].astype(np.float64) / 255
+    y = mnist["y_train"][:25].astype(np.int64)
+    batches = []
+    for epoch in range(2):
+        perm = epoch_permutation(3, epoch, 25)
+        batches += [perm[:10], perm[10:20], perm[20:]]
+    want, _ = reference_training(fresh(model, 3), x, y, batches, model,
+                                 step_spec(method="adversarial", eps=0.1, lr=0.1))
+    got = load_file(str(out / "checkpoint.safetensors"))
+    for k in want:
+        assert float(np.abs(got[k] - want[k]).max()) < TOL, k
