@@ -166,3 +166,35 @@ def test_train_mode_masks_are_keyed_by_the_runs_seed_one_draw_per_batch(data_dir
     np.testing.assert_array_equal(e1, _attack_x(data_dir, other, tmp_path / "e2", "eval"))
     np.testing.assert_array_equal(e1, _attack_x(data_dir, run, tmp_path / "e3", "eval", batch=100))
     assert (a != e1).any(axis=1).mean() > 0.5  # and dropout really was active in train mode
+
+
+def test_idx_sets_are_read_back_as_the_plain_uint8_images_over_255(source, data_dir, tmp_path):
+    """`advbp eval --attack-set` on an IDX set must see the images a plain IDX reader sees, divided by 255: its
+    error is the error of a float64 forward of the stored weights on exactly those images."""
+    out = tmp_path / "idx"
+    r = run_cli(["attack", str(source), "--eps", "0.1", "--limit", str(N), "--format", "idx", "--data-dir",
+                 str(data_dir), "--no-download", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    raw = (out / "fgsm-eps0.1-images-idx3-ubyte").read_bytes()
+    assert raw[:4] == b"\x00\x00\x08\x03" and int.from_bytes(raw[4:8], "big") == N  # ubyte, 3 dimensions
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(N, 784).astype(np.float64) / 255
+    labels = np.frombuffer((out / "fgsm-eps0.1-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+    logits = _forward(load_file(str(source / "checkpoint.safetensors")), torch.tensor(images)).numpy()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    unsure = int(((top2[:, 1] - top2[:, 0]) < 1e-9).sum())
+    wrong = int((logits.argmax(axis=1) != labels).sum())
+    got = run_cli(["eval", str(source), "--attack-set", str(out / "fgsm-eps0.1.json"), "--data-dir", str(data_dir),
+                   "--no-download", "--json"])
+    assert got.exit_code == 0, got.stderr
+    (row,) = [a for a in json.loads(got.stdout)["attacks"] if a.get("eps") == 0.1]
+    assert abs(row["error"] * N / 100 - wrong) <= unsure, (row["error"], wrong)
+    assert 0 < wrong < N
+
+
+def test_eps_lists_are_capped_at_1000_values():
+    from advbp_cli.attack import parse_eps
+    from advbp_cli.errors import UsageProblem
+
+    assert len(parse_eps(["0.001:1:0.001"])) == 1000
+    with pytest.raises(UsageProblem, match="1001 values"):
+        parse_eps(["0:1:0.001"])
