@@ -78,8 +78,10 @@ def decode_shared_data_once():
         return load
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(cifar10, "load_cifar10", cached(cifar10.load_cifar10, "cifar10"))
-    mp.setattr(mnist, "load_mnist", cached(mnist.load_mnist, "mnist"))
+    for module, name, sub in ((cifar10, "load_cifar10", "cifar10"), (mnist, "load_mnist", "mnist")):
+        real = getattr(module, name, None)
+        if real is not None:  # a renamed loader only loses the speed-up
+            mp.setattr(module, name, cached(real, sub))
     yield
     mp.undo()
 
