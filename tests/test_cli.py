@@ -197,5 +197,9 @@ def test_importing_advbp_cli_and_its_help_do_not_import_torch():
 
 
 def test_console_script_runs(tmp_path):
-    r = subprocess.run(["advbp", "--version"], capture_output=True, text=True)
+    # the script installed beside this interpreter (a venv's), not whichever `advbp` comes first on PATH
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "advbp"
+    r = subprocess.run([str(script) if script.exists() else "advbp", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "advbp" in r.stdout
