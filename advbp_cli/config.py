@@ -172,6 +172,8 @@ class TrainConfig(_Strict):
 
 # Features per image of each data set (flattened): MNIST 28x28, CIFAR-10 3x32x32 (R, G, B planes).
 DATASET_FEATURES = {"mnist": 784, "cifar10": 3072}
+# Classes of each data set: the output layer must have exactly this many units (labels index it).
+DATASET_CLASSES = {"mnist": 10, "cifar10": 10}
 
 
 class DataConfig(_Strict):
@@ -256,6 +258,10 @@ class RunConfig(_Strict):
         if self.model.input_size != n:
             raise ValueError(f"model.input_size is {self.model.input_size}, but {self.data.dataset} images have {n} "
                              f"features; set input_size = {n} (or leave it out) in the model section")
+        k = DATASET_CLASSES[self.data.dataset]
+        if self.model.num_classes != k:
+            raise ValueError(f"model.num_classes is {self.model.num_classes}, but {self.data.dataset} has {k} classes "
+                             f"(labels 0-{k - 1}); use --num-classes {k}")
         return self
 
 
@@ -273,11 +279,14 @@ def one_line(err: ValidationError, source: str, origin: dict | None = None) -> s
     where = origin.get(loc[:2]) or ".".join(loc) or "config"
     if loc[:2] not in origin and len(loc) >= 2 and loc[0] in ("model", "train", "data", "runtime"):
         where = f"{option_name(loc[0], loc[1])} ({where})"  # from a preset or a run's config: its flag and its field
+    msg = e["msg"].removeprefix("Value error, ")
     if len(loc) == 1:  # a whole section's check (e.g. conv geometry): name the options of that section given
         given = [o for key, o in origin.items() if key[:1] == loc[:1]]
         if given:
             where = f"{'/'.join(given)} ({loc[0]} settings)"
-    msg = e["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections names its fields in the message: name the options that set them
+        given = [o for key, o in origin.items() if f"{key[0]}.{key[1]}" in msg]
+        where = "/".join(given) if given else "the config"
     got = e.get("input")
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"invalid value for {where}{f' in {source}' if source else ''}: {msg}{got_txt}"

@@ -268,7 +268,7 @@ def test_missing_batches_without_download_name_them(tmp_path, shared_bin):
 
 # --- archives and download -----------------------------------------------------------------------------------------
 def _tar_gz(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(path, "w:gz", compresslevel=0) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -300,7 +300,7 @@ def test_local_binary_archive_is_extracted_verified_and_loads(tmp_path, binary_a
 
 def test_local_python_archive_is_extracted_through_the_restricted_unpickler(tmp_path, py_layout, raw):
     (tmp_path / "cifar10").mkdir()
-    with tarfile.open(tmp_path / "cifar10" / cifar10.PYTHON_ARCHIVE.name, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(tmp_path / "cifar10" / cifar10.PYTHON_ARCHIVE.name, "w:gz", compresslevel=0) as tar:
         for b in BATCHES:
             tar.add(py_layout / "cifar10" / PY_DIR / b, arcname=f"{PY_DIR}/{b}")
     _assert_same(load_cifar10(tmp_path, download=False), raw)

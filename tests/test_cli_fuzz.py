@@ -147,6 +147,7 @@ SPECIAL = {
     ("eval", "attack_sets"): (st.sampled_from(["SETS"]), st.sampled_from(["MISSING", "EMPTY", "GARBAGE", "GOOD_RUN"])),
     ("eval", "curve_out"): (st.sampled_from(["FRESH.csv", "FRESH.json"]), st.sampled_from(["FRESH.txt", "EMPTY", ""])),
     ("eval", "data_dir"): (st.sampled_from(["DATA"]), st.sampled_from(["EMPTY", "MISSING", "GARBAGE", ""])),
+    ("eval", "max_error"): (floats_in(0, 100), any_float),
     ("presets show", "name"): (st.sampled_from(PRESETS), st.one_of(st.just("table2"), junk)),
     ("attack", "source"): (st.sampled_from(["GOOD_RUN", "GOOD_CKPT"]), st.sampled_from(["MISSING", "EMPTY", "GARBAGE"])),
     ("attack", "eps_values"): (GOOD_EPS, BAD_EPS),
@@ -171,12 +172,47 @@ SPECIAL = {
     ("sweep", "report_dir"): (st.sampled_from(["FRESH"]), st.sampled_from(["GARBAGE", "GOOD_RUN", "EMPTY", ""])),
     ("sweep", "data_dir"): (st.sampled_from(["DATA"]), st.sampled_from(["EMPTY", "MISSING", "GARBAGE", ""])),
     # `--executor ray` starts a Ray instance (seconds each): tests/test_sweep_ray.py covers it, not the fuzzer
-    ("sweep", "executor"): (st.just("local"), junk),
+    ("sweep", "executor_name"): (st.just("local"), junk),
+}
+
+# Options that a valid invocation of this file's cheap setup must not carry: they need another executor, an
+# existing sweep, or they switch the command to another job (the "any values" mode still fuzzes them).
+NOT_IN_VALID_MODE = {
+    # the model's shape fields are fixed by the data set (784 inputs, 10 classes, flat images), so any other value
+    # is refused by design: fuzzed in the "any values" mode only
+    "sweep": {"address", "cpus_per_run", "gpus_per_run", "resume", "report_dir", "executor_name", "device",
+              "input_size", "num_classes", "arch", "input_shape", "dataset", "preprocess"},
+    "train": {"resume_dir", "device", "preset", "dataset", "preprocess", "input_size", "num_classes", "arch",
+              "input_shape"},
+    "eval": {"device", "split", "curve_out"},
+    "attack": {"device", "split"},
+    "report": {"device"},
 }
 
 
+def config_field(param: click.Parameter):
+    """The config field an option generated from the config models sets (advbp_cli.commands.config_options), or
+    None for a command's own option."""
+    return getattr(param, "config_field", None)
+
+
+def param_name(param: click.Parameter) -> str:
+    """The name SPECIAL and NOT_IN_VALID_MODE use: a generated option's field name (its click name is prefixed)."""
+    f = config_field(param)
+    return f.name if f is not None else param.name
+
+
 def typed(param: click.Parameter):
-    """(valid, any) values from the parameter's click type, for parameters without a SPECIAL entry."""
+    """(valid, any) values from the parameter's click type (a generated option: its config field's type), for
+    parameters without a SPECIAL entry."""
+    f = config_field(param)
+    if f is not None and not isinstance(param.type, click.Choice) and f.shape.kind != "bool":
+        item = f.shape.item
+        if f.shape.kind in ("list", "scalar_or_list"):
+            valid = st.sampled_from(["0.1", "0.2,0.3"] if item is float else ["2", "2,3"])
+        else:
+            valid = {int: ints_in(1, 5), float: floats_in(0, 0.5)}.get(item, junk)
+        return valid, st.one_of(any_int if item is int else any_float, junk)
     t = param.type
     if isinstance(t, click.Choice):
         return st.sampled_from(list(t.choices)), junk
@@ -228,15 +264,16 @@ def commands(group: click.Group = advbp_group, prefix: str = ""):
 def invocation(draw, cmd_path: str, cmd: click.Command, world: World) -> list[str]:
     """Mostly-valid invocations (every value of the right kind) half of the time, anything the other half."""
     known = forced(cmd_path)
-    valid_mode = draw(st.booleans())
+    valid_mode = draw(st.sampled_from([True, True, False]))  # 2 in 3: most examples should reach the real work
 
     def value(param) -> str:
-        good, anything = SPECIAL.get((cmd_path, param.name)) or typed(param)
+        good, anything = SPECIAL.get((cmd_path, param_name(param))) or typed(param)
         return resolve(draw(good if valid_mode else st.one_of(good, anything)), world)
 
     chunks: list[list[str]] = []
     options = [p for p in cmd.params if isinstance(p, click.Option) and p.name != "help"]
-    for p in draw(st.lists(st.sampled_from(options), unique_by=lambda p: p.name, max_size=6)) if options else []:
+    pickable = [p for p in options if not (valid_mode and param_name(p) in NOT_IN_VALID_MODE.get(cmd_path, ()))]
+    for p in draw(st.lists(st.sampled_from(pickable), unique_by=lambda p: p.name, max_size=6)) if pickable else []:
         if p.is_flag:
             chunks.append([draw(st.sampled_from(p.opts + p.secondary_opts))])
         else:
@@ -249,7 +286,9 @@ def invocation(draw, cmd_path: str, cmd: click.Command, world: World) -> list[st
     positional: list[str] = []
     for a in (p for p in cmd.params if isinstance(p, click.Argument)):
         if a.nargs == -1:
-            n = draw(st.integers(1 if valid_mode and a.required else 0, 2))
+            # `sweep` without targets is valid click but an error of advbp's: a valid invocation names one
+            needed = a.required or (cmd_path, a.name) == ("sweep", "targets")
+            n = draw(st.integers(1 if valid_mode and needed else 0, 2))
         else:
             n = a.nargs if valid_mode else draw(st.sampled_from([a.nargs, a.nargs, 0, a.nargs + 1]))
         positional += [value(a) for _ in range(n)]
@@ -264,7 +303,9 @@ def invocation(draw, cmd_path: str, cmd: click.Command, world: World) -> list[st
             *positional, *tail]
 
 
-def check(argv: list[str]) -> None:
+def check(argv: list[str], cwd: Path | None = None) -> int:
+    """Runs argv and checks the property; returns the exit code. A success (exit 0) must have done its job:
+    see `check_success`."""
     res = run_cli(argv)  # an exception escaping main (a traceback for the user) fails here
     if os.environ.get("ADVBP_FUZZ_LOG"):  # what the fuzzer tried and got, to judge its coverage
         with open(os.environ["ADVBP_FUZZ_LOG"], "a") as fh:
@@ -273,18 +314,94 @@ def check(argv: list[str]) -> None:
     assert "Traceback" not in out, (argv, out)
     lines = res.stderr.strip().splitlines()
     if res.exit_code == 0:
-        return
+        check_success(argv, res, cwd or Path.cwd())
+        return 0
     if res.exit_code == 2:  # exactly one line: no blank line from a progress display, no banner
         assert res.stderr.count("\n") == 1 and res.stderr.endswith("\n") and res.stderr.startswith("Error: "), (
             argv, res.stderr)
-        return
+        return 2
     if res.exit_code == 3:
         assert lines and lines[-1].startswith("Error: training diverged"), (argv, res.stderr)
-        return
+        return 3
     if res.exit_code == 1 and argv[0] == "eval" and "--max-error" in argv:
         assert lines and lines[-1].startswith("FAIL: "), (argv, res.stderr)
-        return
+        return 1
     pytest.fail(f"exit code {res.exit_code} for {argv}:\n{res.stderr}")
+
+
+def parsed(argv: list[str]) -> tuple[str, dict]:
+    """(command path, the values click gave the command) for an argv that ran: click's own parser, so an option
+    given twice or a value that looks like an option is read exactly as the command read it."""
+    group, path, rest = advbp_group, [], list(argv)
+    while isinstance(group, click.Group) and rest and rest[0] in group.commands:
+        path.append(rest.pop(0))
+        group = group.commands[path[-1]]
+    if not path:
+        return "", {}
+    ctx = group.make_context(" ".join(path), rest, resilient_parsing=True)
+    return " ".join(path), ctx.params
+
+
+def check_success(argv: list[str], res, cwd: Path) -> None:
+    """What exit code 0 promises, per command, from the files and output it left."""
+    import json
+    import statistics
+
+    cmd, p = parsed(argv)
+    as_json = p.get("as_json")
+    doc = json.loads(res.stdout) if as_json else None
+    if cmd == "":
+        assert "Usage: advbp" in res.stdout or "version" in res.stdout, (argv, res.stdout)
+    elif cmd == "train":
+        run = Path(p.get("resume_dir") or p.get("out") or max((cwd / "runs").iterdir(), key=os.path.getmtime))
+        run = run if run.is_absolute() else cwd / run
+        summary = json.loads((run / "summary.json").read_text())
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        config = json.loads((run / "config.json").read_text())["config"]
+        assert (run / "checkpoint.safetensors").is_file()
+        assert summary["epochs_completed"] == len(rows) >= 1 and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        assert len(rows) == config["train"]["epochs"] or "epoch cap" not in summary["stopped"]
+        last = [r["eval_error"] for r in rows[-config["train"]["mean_last"]:]]
+        assert summary["headline"]["value"] == pytest.approx(statistics.fmean(last), rel=1e-12)
+        if doc is not None:
+            assert doc["headline"] == summary["headline"]
+    elif cmd == "eval" and doc is not None:
+        models = doc.get("models", [doc])
+        assert len(models) == len(p["sources"])
+        for m in models:
+            assert m["n"] >= 1 and m["n"] <= (p.get("limit") or m["n"])
+            wrong = m["error"] * m["n"] / 100
+            assert abs(wrong - round(wrong)) < 1e-6, m  # a whole number of misclassified images
+            if p.get("max_error") is not None:
+                assert m["error"] <= p["max_error"]
+    elif cmd == "eval":
+        assert "error" in res.stdout
+    elif cmd == "presets":
+        names = [x["name"] for x in doc["presets"]] if doc is not None else res.stdout
+        assert "mnist-relu-2x400-adv" in names and "cifar10-conv-adv-dropout-zca" in names
+    elif cmd == "presets show":
+        assert p["name"] in (json.dumps(doc) if doc is not None else res.stdout)
+    elif cmd == "attack":
+        folder = Path(p["out_dir"])
+        folder = folder if folder.is_absolute() else cwd / folder
+        listing = json.loads((folder / "manifest.json").read_text())["sets"]
+        assert listing and len({s["eps"] for s in listing}) == len(listing)
+        for entry in listing:
+            assert json.loads((folder / entry["manifest"]).read_text())["eps"] == entry["eps"]
+    elif cmd == "report":
+        folder = Path(p.get("out") or Path(p["sources"][0]) / "report")
+        folder = folder if folder.is_absolute() else cwd / folder
+        meta = json.loads((folder / "report.json").read_text())
+        assert meta["figures"] and all((folder / f["file"]).is_file() for f in meta["figures"].values())
+        assert (folder / "index.md").is_file()
+    elif cmd == "sweep":
+        folder = Path(p.get("report_dir") or p.get("out") or "")
+        folder = folder if folder.is_absolute() else cwd / folder
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["runs_complete"] + len(summary.get("failures", [])) <= summary["runs_total"]
+        for row in summary["presets"]:
+            assert row["n_seeds"] == len(row["values"]) and (not row["values"] or row["mean"] == pytest.approx(
+                statistics.fmean(row["values"]), rel=1e-12))
 
 
 # ------------------------------------------------------------------------------------------------- the tests
@@ -294,30 +411,66 @@ ALL = list(commands())
 
 
 def test_every_command_is_fuzzed():
-    names = {path for path, _ in ALL}
-    assert {"train", "eval", "presets", "presets show"} <= names
+    """The commands `advbp --help` lists (and the subcommands of each group, from its own --help) are exactly
+    the ones fuzzed here, and each has cheap settings (`forced`) and a minimal valid invocation (`MINIMAL`), so
+    none is fuzzed only with invocations that stop at parsing."""
+    import re
+
+    def listed(prefix: list[str]) -> set[str]:
+        res = run_cli([*prefix, "--help"])
+        assert res.exit_code == 0, res.stderr
+        block = res.stdout.split("Commands:", 1)
+        return {" ".join([*prefix, m]) for m in re.findall(r"^  (\S+)", block[1], re.M)} if len(block) == 2 else set()
+
+    names = listed([])
+    for name in list(names):
+        names |= listed(name.split())
+    assert {"train", "eval", "attack", "report", "sweep", "presets", "presets show"} <= names
+    assert {path for path, _ in ALL} == names
+    for path in names:
+        assert forced(path) is not None, f"{path}: no cheap settings in forced(), so it is fuzzed only at parsing"
+        assert path in MINIMAL, f"{path}: no minimal valid invocation in MINIMAL"
+
+
+# The share of a command's examples that must get past option parsing and finish (exit 0): a fuzzer whose
+# examples all fail while parsing would test nothing but click.
+MIN_SUCCESS = 0.25
 
 
 @pytest.mark.parametrize("cmd_path", [p for p, _ in ALL])
 def test_fuzz_command(cmd_path, world):
     cmd = dict(ALL)[cmd_path]
+    codes = []
 
     @fuzz_settings(EXAMPLES.get(cmd_path, 15))
     @given(st.data())
     def run(data):
-        check(data.draw(invocation(cmd_path, cmd, world), label="argv"))
+        codes.append(check(data.draw(invocation(cmd_path, cmd, world), label="argv"), world.base))
 
     run()
+    if forced(cmd_path) is not None and not DEEP:
+        done = sum(c in (0, 1) for c in codes)  # 1: eval's --max-error gate, after the evaluation
+        assert done >= MIN_SUCCESS * len(codes), f"only {done} of {len(codes)} examples of {cmd_path} did their work"
 
 
-@fuzz_settings(60)
-@given(st.lists(st.one_of(junk, st.sampled_from([p for p, _ in ALL] + ["--version", "--help", "-h"])), max_size=4))
-def test_fuzz_top_level(argv):
-    for i, a in enumerate(argv):  # `advbp train` alone is a real (150-epoch) run: keep commands from starting work
-        if a in advbp_group.commands:
-            argv = argv[: i + 1] + ["--no-such-option"] + argv[i + 1:]
-            break
-    check(argv)
+def test_fuzz_top_level(world):
+    """Anything before the command, then a command with a cheap valid setup and possibly junk after it: the
+    top-level group's own options (--version, --help) and its dispatch to every command, which then really run."""
+    codes = []
+
+    @fuzz_settings(60)
+    @given(st.data())
+    def run(data):
+        head = data.draw(st.lists(st.one_of(junk, st.sampled_from(["--version", "--help", "-h"])), max_size=2)
+                         if data.draw(st.integers(0, 3)) == 0 else st.just([]), label="head")
+        path = data.draw(st.sampled_from(sorted(MINIMAL)), label="command")
+        tail = data.draw(st.sampled_from([[], [], [], ["--json"], ["--no-such-option"], ["stray-arg"]]), label="tail")
+        argv = [*head, *(resolve(t, world) for t in MINIMAL[path]), *tail]
+        codes.append((path, bool(head), check(argv, world.base)))
+
+    run()
+    ran = {path for path, had_head, code in codes if code == 0 and not had_head}
+    assert ran == set(MINIMAL), f"commands never run to the end from the top level: {set(MINIMAL) - ran}"
 
 
 # A minimal valid invocation of each command that takes --device (placeholders as in `resolve`).
@@ -328,6 +481,7 @@ VALID = {
     "report": ["report", *forced("report"), "GOOD_RUN"],
     "sweep": ["sweep", *forced("sweep"), PRESETS[0]],
 }
+MINIMAL = {**VALID, "presets": ["presets"], "presets show": ["presets", "show", PRESETS[0]]}
 KNOWN_BUGS: dict[str, str] = {}  # found by this file's fuzzing, in code owned elsewhere: reported, to be fixed there
 
 

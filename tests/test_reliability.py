@@ -577,6 +577,7 @@ def test_ctrl_c_later_names_the_saved_epochs_and_resumes_identically(cli, data_d
     assert res.exit_code == 130
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("Stopped: interrupted in epoch 3; epochs 1-2 of 4 are saved"), last
+    assert "(checkpoint and metrics; epoch 3 starts again)" in last, last
     assert checkpoint_epoch(run) == 2
     monkeypatch.undo()
     assert cli(resume(data_dir, run)).exit_code == 0

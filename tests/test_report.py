@@ -49,24 +49,23 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def expected_px(figsize) -> tuple[int, int]:
-    from advbp_cli import figures
-
-    return figures.pixel_size(figsize)
+# The figures' sizes in pixels, written out here (not read from advbp_cli.figures): 100 dpi, fixed layout.
+# One panel per run: Figure 2 is 3.6 x 3.9 in, Figure 3 4.4 x 3.4 in; two runs put two panels side by side.
+FIG1_PX = (800, 480)
+FIG2_PX = {1: (360, 390), 2: (720, 390)}
+FIG3_PX = {1: (440, 340), 2: (880, 340)}
 
 
 def test_one_run_renders_figures_1_to_3_as_png_of_the_expected_size(runs, data_dir, tmp_path):
     import matplotlib.image
 
-    from advbp_cli import figures
-
     out = tmp_path / "rep"
     report(data_dir, runs["adv0"], "--out", out)
     meta = json.loads((out / "report.json").read_text())
     want = {
-        "fig1-error-curves": (800, 480),  # 8 x 4.8 in at 100 dpi
-        "fig2-first-layer-features": expected_px(figures.TILE_PANEL),
-        "fig3-hidden-activations": expected_px(figures.HIST_PANEL),
+        "fig1-error-curves": FIG1_PX,  # 8 x 4.8 in at 100 dpi
+        "fig2-first-layer-features": FIG2_PX[1],
+        "fig3-hidden-activations": FIG3_PX[1],
     }
     for name, (w, h) in want.items():
         path = out / f"{name}.png"
@@ -102,13 +101,11 @@ def test_figure_3_sparsity_equals_advbp_eval(runs, data_dir, tmp_path):
 
 
 def test_two_runs_go_side_by_side(runs, data_dir, tmp_path):
-    from advbp_cli import figures
-
     out = tmp_path / "rep"
     r = report(data_dir, runs["bp0"], runs["adv0"], "--out", out)
     assert "fig2-first-layer-features.png" in r.stdout
-    assert png_size(out / "fig2-first-layer-features.png") == expected_px((2 * figures.TILE_PANEL[0], figures.TILE_PANEL[1]))
-    assert png_size(out / "fig3-hidden-activations.png") == expected_px((2 * figures.HIST_PANEL[0], figures.HIST_PANEL[1]))
+    assert png_size(out / "fig2-first-layer-features.png") == FIG2_PX[2]
+    assert png_size(out / "fig3-hidden-activations.png") == FIG3_PX[2]
     meta = json.loads((out / "report.json").read_text())
     assert [s["label"] for s in meta["sparsity"]] == ["bp0", "adv0"]
     assert meta["sparsity"][0]["hidden_zero_fraction"] != meta["sparsity"][1]["hidden_zero_fraction"]
@@ -126,12 +123,15 @@ def test_sweep_directory_gives_mean_curves_and_the_bar_chart_as_svg(runs, data_d
     out = sweep / "report"  # the default --out for one source
     meta = json.loads((out / "report.json").read_text())
     assert sorted(f["file"] for f in meta["figures"].values()) == [f"{n}.svg" for n in [*FIGS, "fig4-sweep-vs-paper"]]
+    sizes = {name: (f["width_px"], f["height_px"]) for name, f in meta["figures"].items()}
+    # two presets: two panels side by side; Figure 4 is 6 x 4.8 in for up to 5 bars
+    assert sizes == {"curves": FIG1_PX, "features": FIG2_PX[2], "activations": FIG3_PX[2], "sweep": (600, 480)}
     for f in meta["figures"].values():
         root = ET.parse(out / f["file"]).getroot()  # well-formed XML
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
-        # SVG sizes are in points (72 per inch); the figure is width_px / dpi inches wide
-        assert float(root.get("width").removesuffix("pt")) == pytest.approx(f["width_px"] / f["dpi"] * 72)
-        assert float(root.get("height").removesuffix("pt")) == pytest.approx(f["height_px"] / f["dpi"] * 72)
+        # SVG sizes are in points (72 per inch): the declared pixel size at 100 dpi
+        assert float(root.get("width").removesuffix("pt")) == pytest.approx(f["width_px"] / 100 * 72)
+        assert float(root.get("height").removesuffix("pt")) == pytest.approx(f["height_px"] / 100 * 72)
     bars = {b["preset"]: b for b in meta["sweep"]}
     adv = [json.loads((runs[n] / "summary.json").read_text())["headline"]["value"] for n in ("adv0", "adv1")]
     assert bars["mnist-relu-2x400-adv"]["n_runs"] == 2
@@ -183,8 +183,6 @@ def test_importing_the_cli_does_not_import_matplotlib():
 def test_cifar_report_draws_rgb_tiles_and_conv_filters_and_figure_3_matches_eval(cifar_runs, cifar_data_dir, tmp_path):
     import matplotlib.image
 
-    from advbp_cli import figures
-
     out = tmp_path / "rep"
     r = run_cli(["report", str(cifar_runs["conv"]), str(cifar_runs["mlp"]), "--out", str(out), "--limit", "64",
                  "--data-dir", str(cifar_data_dir)])
@@ -194,12 +192,11 @@ def test_cifar_report_draws_rgb_tiles_and_conv_filters_and_figure_3_matches_eval
     assert conv["layer"] == "conv.0.weight" and conv["tiles_are"] == "conv filters"
     assert conv["tile_shape"] == [3, 5, 5] and conv["colour"] == "rgb" and conv["units"] == 8
     assert mlp["layer"] == "layers.0.weight" and mlp["tile_shape"] == [3, 32, 32] and mlp["units"] == 16
-    want = expected_px((2 * figures.TILE_PANEL[0], figures.TILE_PANEL[1]))
-    assert png_size(out / "fig2-first-layer-features.png") == want
+    assert png_size(out / "fig2-first-layer-features.png") == FIG2_PX[2]
     img = matplotlib.image.imread(out / "fig2-first-layer-features.png")
     rgb = img[..., :3]
     assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 0.05).mean() > 0.01  # colour tiles, not grey
-    assert png_size(out / "fig3-hidden-activations.png") == expected_px((2 * figures.HIST_PANEL[0], figures.HIST_PANEL[1]))
+    assert png_size(out / "fig3-hidden-activations.png") == FIG3_PX[2]
     index = (out / "index.md").read_text()
     assert "| `conv.0.weight` | conv filters, 3x5x5 rgb |" in index and "fully connected hidden layers" in index
     # Figure 3 of a conv net: its fully connected hidden layers, exactly what `advbp eval` reports

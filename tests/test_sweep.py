@@ -195,7 +195,11 @@ def test_cifar_sweep_of_an_mlp_and_a_conv_preset(cli, cifar_data_dir, tmp_path):
         run = json.loads((out / preset / "seed-0" / "config.json").read_text())
         cfg = run.get("config", run)
         assert cfg["data"]["dataset"] == "cifar10" and cfg["model"]["hidden"] == [16, 16]
-        assert json.loads((out / preset / "seed-0" / "summary.json").read_text())["headline"]["value"] < 100
+        run_summary = json.loads((out / preset / "seed-0" / "summary.json").read_text())
+        (row,) = [json.loads(ln) for ln in (out / preset / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+        assert run_summary["headline"]["value"] == row["eval_error"]  # one epoch: its error is the mean
+        (agg,) = [p for p in summary["presets"] if p["preset"] == preset]
+        assert agg["values"] == [row["eval_error"]]
     conv = json.loads((out / CIFAR_PRESETS[1] / "seed-0" / "config.json").read_text())
     assert conv.get("config", conv)["model"]["conv_channels"] == [8, 8, 8]
     assert "--hidden 16,16 --conv-channels 8,8,8" in (out / "summary.md").read_text()

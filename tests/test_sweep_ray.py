@@ -429,3 +429,48 @@ def test_a_sweep_on_an_existing_cluster_leaves_the_cluster_running(data_dir, tmp
     summary = json.loads(p.stdout)
     assert summary["complete"] and summary["runs_complete"] == 2
     assert head.poll() is None  # the driver disconnected; the cluster is the user's and keeps running
+
+
+@needs_ray
+def test_a_lost_worker_is_retried_exactly_3_times_with_cpus_per_run_blas_threads(cli, data_dir, tmp_path, ray_session):
+    """The README: a task whose worker is lost is retried up to 3 times, and --cpus-per-run sets the BLAS threads
+    of the process that trains. Every process that takes the run is SIGKILLed as soon as it holds the run's lock
+    (after its thread settings are read from its environment): Ray starts it 1 + 3 times, then reports it lost."""
+    from advbp_cli.rundir import LOCK
+
+    out = tmp_path / "sw"
+    lock = out / PRESETS[0] / "seed-0" / LOCK
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def killer():
+        while not stop.is_set():
+            try:
+                pid = int(lock.read_text())
+            except (OSError, ValueError):
+                pid = None
+            if pid and pid not in {s["pid"] for s in seen}:
+                try:
+                    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+                    os.kill(pid, signal.SIGKILL)
+                    seen.append({"pid": pid, "env": env})
+                except (OSError, ValueError):
+                    pass  # a pid left in the lock file by a worker killed before
+            time.sleep(0.005)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        r = cli(["sweep", PRESETS[0], "--seeds", "1", "--epochs", "50", "--train-limit", "400", "--eval-limit", "100",
+                 "--backend", "numpy", "--executor", "ray", "--cpus-per-run", "2", "--out", str(out),
+                 "--data-dir", str(data_dir)])
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    summary = _summary(out)
+    (failure,) = summary["failures"]
+    assert "worker was lost 4 time(s)" in failure["message"], (failure, r.stderr)
+    assert len(seen) == 4, seen  # the first attempt and exactly 3 retries
+    for s in seen:
+        assert s["env"].get(b"OMP_NUM_THREADS") == b"2" and s["env"].get(b"OPENBLAS_NUM_THREADS") == b"2", s
+    assert r.exit_code != 0 or not summary["complete"]

@@ -1,0 +1,120 @@
+"""Planted bugs (issue 16): each is a small edit of the source, made in a scratch clone, that a test must catch.
+
+    ADVBP_DATA_DIR=... nice -n 10 python tests/mutation/planted.py [NAME...]   # all by default
+
+For every bug: apply the edit to a clean clone of HEAD (/tmp/advbp-planted/src, with its own venv as in run.py),
+run the listed test files, print which tests fail, restore. A bug whose edit no longer applies (the code moved)
+is reported as such: update its fragment. The results of the last run are in tests/MUTATION.md."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import prepare  # noqa: E402
+
+# name: (file, fragment, replacement, test files to run, what the bug is)
+BUGS = {
+    "torch-ignores-momentum-on-resume": (
+        "backends/torch/__init__.py",
+        "    def set_optimizer_state(self, state):\n        self.velocity = [",
+        "    def set_optimizer_state(self, state):\n        state = {}\n        self.velocity = [",
+        ["tests/test_resume_claims.py", "tests/test_cifar_layers_parity.py"],
+        "the torch backend ignores the momentum buffers saved in the checkpoint"),
+    "numpy-ignores-momentum-on-resume": (
+        "backends/numpy/__init__.py",
+        "    def set_optimizer_state(self, state):\n        self.velocity = [",
+        "    def set_optimizer_state(self, state):\n        state = {}\n        self.velocity = [",
+        ["tests/test_resume_claims.py"],
+        "the numpy backend ignores the saved momentum buffers"),
+    "headline-first-n-epochs": (
+        "advbp_cli/evaluate.py", "values = [m[key] for m in metrics[-n:]]", "values = [m[key] for m in metrics[:n]]",
+        ["tests/test_run_claims.py", "tests/test_cli.py", "tests/test_sweep.py"],
+        "the run headline averages the first N epochs instead of the last N"),
+    "headline-all-epochs": (
+        "advbp_cli/evaluate.py", "values = [m[key] for m in metrics[-n:]]", "values = [m[key] for m in metrics]",
+        ["tests/test_run_claims.py", "tests/test_cli.py"],
+        "the run headline averages every epoch"),
+    "sparsity-counts-non-zeros": (
+        "advbp_cli/evaluate.py", "counts = [int((a == 0).sum()) for a in acts]",
+        "counts = [int((a != 0).sum()) for a in acts]",
+        ["tests/test_run_claims.py", "tests/test_report.py", "tests/test_cli.py"],
+        "hidden-unit sparsity counts the non-zero activations"),
+    "sparsity-wrong-layer-size": (
+        "advbp_cli/evaluate.py", "return [z / (total * s) for z, s in zip(zeros or [0] * len(sizes), sizes)]",
+        "return [z / (total * sizes[0]) for z, s in zip(zeros or [0] * len(sizes), sizes)]",
+        ["tests/test_run_claims.py"],
+        "every layer's zero count divided by the first hidden layer's size"),
+    "manifest-records-last-eps": (
+        "advbp_cli/commands/attack.py", '            "eps": eps,\n            "clip"',
+        '            "eps": eps_list[-1],\n            "clip"',
+        ["tests/test_attack_claims.py", "tests/test_attack.py"],
+        "every attack set's manifest records the last eps"),
+    "source-error-on-clean-images": (
+        "advbp_cli/commands/attack.py", "            error = error_of(net, z, data.y)\n            stored, extra = z,",
+        "            error = error_of(net, data.x, data.y)\n            stored, extra = z,",
+        ["tests/test_attack_claims.py", "tests/test_attack.py"],
+        "the manifest's source error is measured on the clean images"),
+    "torch-fgsm-sign-flipped": (
+        "backends/torch/step.py", "    z = x + eps * torch.sign(e).to(x.dtype)", "    z = x - eps * torch.sign(e).to(x.dtype)",
+        ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
+        "the torch backend's FGSM moves against the gradient"),
+    "numpy-fgsm-ignores-clip": (
+        "backends/numpy/step.py", "    if clip is not None:\n        z = np.clip(z, clip[0], clip[1])",
+        "    if False:\n        z = np.clip(z, clip[0], clip[1])",
+        ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
+        "the numpy backend's training step ignores --clip"),
+    "init-std-off-by-10-percent": (
+        "advbp_cli/rng.py", "rng.standard_normal(shape) * init_std if", "rng.standard_normal(shape) * init_std * 1.1 if",
+        ["tests/test_run_claims.py"],
+        "weights drawn with 1.1 x init_std"),
+    "init-biases-not-zero": (
+        "advbp_cli/rng.py", "else np.zeros(shape)", "else np.full(shape, 1e-3)",
+        ["tests/test_run_claims.py"],
+        "biases start at 1e-3 instead of 0"),
+    "train-mode-masks-ignore-seed": (
+        "advbp_cli/attack.py", "masks = DropoutMasks(train_mode_cfg.runtime.seed, ATTACK_MASK_EPOCH)",
+        "masks = DropoutMasks(0, ATTACK_MASK_EPOCH)",
+        ["tests/test_attack_claims.py"],
+        "--model-mode train draws its dropout masks from seed 0 whatever the run's seed"),
+    "env-wins-over-data-dir-option": (
+        "advbp_cli/data/paths.py", "    if option:\n        return Path(option), \"--data-dir\"\n",
+        "    if option and not os.environ.get(ENV_DATA_DIR):\n        return Path(option), \"--data-dir\"\n",
+        ["tests/test_data_claims.py"],
+        "$ADVBP_DATA_DIR wins over --data-dir"),
+}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("bugs", nargs="*", help=f"default: all of {', '.join(BUGS)}")
+    p.add_argument("--work", type=Path, default=Path("/tmp/advbp-planted"))
+    args = p.parse_args(argv)
+    src, env = prepare(args.work, "HEAD")
+    for name in args.bugs or list(BUGS):
+        path, fragment, replacement, tests, what = BUGS[name]
+        target = src / path
+        original = target.read_text()
+        if original.count(fragment) != 1:
+            print(f"| {name} | {what} | fragment not found once in {path}: update planted.py |", flush=True)
+            continue
+        target.write_text(original.replace(fragment, replacement))
+        try:
+            tests = [t for t in tests if (src / t).exists()]
+            proc = subprocess.run([f"{src.parent / 'venv' / 'bin' / 'python'}", "-m", "pytest", "-q", "-p",
+                                   "no:cacheprovider", "-m", "not gpu", *tests, "--deselect",
+                                   "tests/test_cifar_layers_parity.py::test_conv_net_gradients_match_finite_differences"], cwd=src, env=env,
+                                  capture_output=True, text=True)
+        finally:
+            target.write_text(original)
+        failed = sorted(set(re.findall(r"^FAILED (\S+)", proc.stdout, re.M) + re.findall(r"^ERROR (\S+)", proc.stdout, re.M)))
+        verdict = "CAUGHT" if failed else "NOT CAUGHT"
+        print(f"| {name} | {what} | {verdict}: {', '.join(f.split(' ')[0] for f in failed) or '-'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
