@@ -565,8 +565,14 @@ def _faulty_paths(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_an_output_path_that_cannot_be_written_is_one_line(command, fault, world, data_dir, tmp_path, cli):
     out, needle = _faulty_paths(tmp_path)[fault]
     if command == "eval --curve-out":
-        if fault == "dangling-link":
-            pytest.skip("--curve-out names a file: a link there is replaced, as any file the user names")
+        if fault == "dangling-link":  # not a fault for a file the user names: the link is replaced by the curve
+            link = tmp_path / "dangling.csv"
+            link.symlink_to(tmp_path / "nowhere.csv")
+            res = cli(curve_args(data_dir, world["a"], world["sets-a"], link))
+            assert res.exit_code == 0, res.stderr
+            assert not link.is_symlink() and link.read_text().startswith("model,attack,eps")
+            assert not (tmp_path / "nowhere.csv").exists()
+            return
         if fault == "in-the-way":
             (tmp_path / "a-folder.csv").mkdir()
         curve = tmp_path / "a-folder.csv" if fault == "in-the-way" else Path(f"{out}.csv")
