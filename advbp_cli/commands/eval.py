@@ -11,7 +11,7 @@ import click
 from ..data.paths import resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem
-from ..evaluate import evaluate_arrays, hidden_sparsity
+from ..evaluate import evaluate_arrays
 from ..networks import load_network
 from .common import backend_options, data_dir_option, emit_json, json_option
 
@@ -31,7 +31,8 @@ from .common import backend_options, data_dir_option, emit_json, json_option
               help="Clip white-box FGSM inputs to the pixel range [0, 1] as each model's preprocessing maps it "
                    "(as `advbp attack --clip`). Default: clip, except ZCA models, which are left unclipped.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples per input-gradient computation for --fgsm-eps.")
+              help="Samples per input-gradient computation for --fgsm-eps: memory only (each sample's gradient is "
+                   "its own, so the signs do not depend on it, as in `advbp attack`).")
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
               help="Save the robustness curve (error per model, attack and eps) as .csv or .json.")
 @backend_options
@@ -103,7 +104,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
         # In a validation-mode run, `train` means the 50k the network was trained on.
         # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
         data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, prep)
-        ev = evaluate_arrays(net, data.x, data.y)
+        ev = evaluate_arrays(net, data.x, data.y, sparsity=True)  # one forward pass for all three
         result = {
             "source": str(src),
             "checkpoint": str(ckpt),
@@ -112,7 +113,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
             "n": ev.n,
             "error": ev.error,
             "loss": ev.loss,
-            "hidden_zero_fraction": hidden_sparsity(net, data.x),
+            "hidden_zero_fraction": ev.hidden_zero_fraction,
             "backend": net.name,
             "device": net.device,
         }
