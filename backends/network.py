@@ -106,11 +106,11 @@ class Backend:
         if len(self.velocity) != len(params):
             self.velocity = [None] * len(params)
         count = errors is not None
-        idx = ops.asarray(batches, "int64", self.device)
         losses, wrongs = [], []
-        for k in range(len(batches)):
+        # iterating the index array splits it into rows in one call (torch: unbind), not one indexing per step
+        for k, idx in enumerate(ops.asarray(batches, "int64", self.device)):
             m = self._mask_arrays(masks.masks(k, sites), sites) if sites is not None else None
-            loss, wrong = alg.train_step(net, plan, params, ops.take_rows(x, idx[k]), ops.take_rows(y, idx[k]), m,
+            loss, wrong = alg.train_step(net, plan, params, ops.take_rows(x, idx), ops.take_rows(y, idx), m,
                                          self.velocity, count)
             losses.append(loss)
             wrongs.append(wrong)
@@ -134,7 +134,7 @@ class Backend:
             tape, logits = alg.forward(net, self.params, x[c])
             preds.append(ops.to_numpy(ops.argmax_rows(logits)))
             if y is not None:
-                losses.append(ops.to_numpy(net.loss(ops, logits, y[c])))
+                losses.append(ops.to_numpy(net.loss(ops, logits, y[c], want_grad=False)[0]))
             if hidden_zeros:
                 counts = [int(ops.count_zeros(a)) for a in tape.acts[self.arch.n_conv:]]
                 zeros = counts if zeros is None else [z + n for z, n in zip(zeros, counts)]

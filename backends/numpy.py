@@ -3,8 +3,9 @@ readable specification; backends/torch.py has the same functions under the same 
 
 A backend is one module like this one. Algorithm 1, the losses and the bookkeeping are written once on top of
 the primitives (backends/step.py, backends/losses.py, backends/network.py). Besides these functions, a backend's
-arrays offer: `.shape`, `.reshape(shape)`, slicing of the first axis `a[i:j]`, and + - * with arrays of the same
-shape and with Python floats (in place as +=, -=, *= where the left side is an array the caller owns).
+arrays offer: `.shape`, `.reshape(shape)`, slicing of the first axis `a[i:j]`, iteration over the first axis, and
++ - * with arrays of the same shape and with Python floats (in place as +=, -=, *= where the left side is an array
+the caller owns).
 Conventions: weights of a linear layer are (fan_in, fan_out); conv weights (out, in, k, k); images (n, C, H, W).
 A name ending in `_` works in place on its first argument and returns it.
 """
@@ -65,7 +66,10 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def linear_grad_input(g: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return g @ w.T
+    """g @ w.T, computed as (w @ g.T).T: OpenBLAS is about 1.5x faster with the big matrix on the left for a
+    batch of 10 rows (benchmarks/RESULTS.md). Returned C-ordered, as every result here: a BLAS call may round
+    differently for a transposed operand, and FGSM's z = x + 0 must compute exactly as x does."""
+    return np.ascontiguousarray((w @ g.T).T)
 
 
 def matmul_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -94,12 +98,16 @@ def tanh_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(-a) overflows to inf for very negative a; 1/inf = 0 is right
-        return 1.0 / (1.0 + np.exp(-a))
+    """1 / (1 + e^-a) as exp(log sigmoid(a)) = exp(-softplus(-a)): never overflows, so sigmoid of a very negative a
+    keeps its digits down to the smallest floats (1 / (1 + e^-a) is 1 / inf = 0 below a = -88.7 in float32), with a
+    relative error of about (|log sigmoid(a)| + 2) eps. For the output gradients (backends/losses.py)."""
+    return np.exp(-np.logaddexp(0, -a))
 
 
 def sigmoid_(a: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # as in sigmoid: 1 / (1 + exp(-a)), rounded the same way
+    """The logistic activation, in place: 1 / (1 + e^-a), whose 0 below a = -88.7 (float32) is as good as a
+    denormal for a hidden unit's output."""
+    with np.errstate(over="ignore"):  # exp(-a) overflows to inf for very negative a; 1/inf = 0
         np.negative(a, out=a)
         np.exp(a, out=a)
         a += 1.0
@@ -180,8 +188,18 @@ def clip_(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def sub_(w: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
-    """w <- w - alpha * g: every parameter update goes through here."""
-    w -= alpha * g
+    """w <- w - alpha * g: the parameter update (with sub_matmul_tn_, its fused form)."""
+    if alpha == 1.0:
+        w -= g  # no temporary: a new array the size of w costs page faults every step
+    else:
+        w -= alpha * g
+    return w
+
+
+def sub_matmul_tn_(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """w <- w - a.T @ b: a linear layer's plain SGD step straight from its input a and its output gradient b
+    (scaled by lr / n), never holding a weight gradient and a scaled copy of it at once."""
+    w -= a.T @ b
     return w
 
 

@@ -5,8 +5,9 @@ backend's primitives (`net.ops`: backends/numpy.py, backends/torch.py, or any re
   2. back-propagate to the input (no weights) .. input_gradient = forward + backward(want_input_grad=True)
   3. z = x + eps * sign(e) ...................... fgsm_perturb
   4. forward and backward on z .................. learn_from
-  5. update the weights ......................... optimizer_update (weight decay, momentum, max-norm), called by
-                                                 backward for each layer as soon as its gradient is known
+  5. update the weights ......................... optimizer_update (weight decay, momentum, max-norm), or
+                                                 sgd_update (plain SGD, fused), called by backward for each
+                                                 layer as soon as its gradient is known
   all five, one mini-batch ...................... train_step
 
 Every function here works only on its arguments (no hidden state): `net` (the primitives, layout, activation and
@@ -37,16 +38,14 @@ class Net:
     arch: Architecture
     act_: Callable
     act_grad: Callable
-    loss: Callable
-    loss_grad: Callable
+    loss: Callable  # (ops, logits, y, want_loss, want_grad) -> (J_i per sample, dJ_i/do_i): backends/losses.py
     pooled_shapes: tuple  # (C, H, W) after each conv block's pooling
 
 
 def make_net(ops, model) -> Net:
     arch = architecture(model)
     act, act_grad = ACTIVATIONS[model.activation]
-    loss, loss_grad = LOSSES[model.output]
-    return Net(ops, arch, getattr(ops, act), getattr(ops, act_grad), loss, loss_grad, tuple(arch.conv_outputs()))
+    return Net(ops, arch, getattr(ops, act), getattr(ops, act_grad), LOSSES[model.output], tuple(arch.conv_outputs()))
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,11 @@ class Plan:
     momentum: float
     dampening: float
     max_norm: float | None
+
+    @property
+    def plain_sgd(self) -> bool:
+        """No weight decay, momentum or max-norm: w <- w - lr * (mean gradient), fused into one primitive."""
+        return not (self.weight_decay or self.momentum or self.max_norm is not None)
 
 
 def make_plan(step) -> Plan:
@@ -149,14 +153,14 @@ def backward(net: Net, params, tape: Tape, g, *, want_input_grad: bool, on_layer
         return None
     if masks is not None and masks[0] is not None:
         g = g * masks[0].reshape(g.shape)
-    return g.reshape((g.shape[0], -1))
+    return g.reshape((g.shape[0], -1)) if nc else g
 
 
 def input_gradient(net: Net, params, x, y, masks=None):
     """Algorithm 1, steps 1-2: e_i = dJ_i/dx_i, each sample's own input gradient (no 1/n, so its sign depends on
     nothing else in the batch), computing no weight gradients."""
     tape, logits = forward(net, params, x, masks)
-    return backward(net, params, tape, net.loss_grad(net.ops, logits, y), want_input_grad=True)
+    return backward(net, params, tape, net.loss(net.ops, logits, y, want_loss=False)[1], want_input_grad=True)
 
 
 def fgsm_perturb(ops, x, e, eps: float, clip: tuple[float, float] | None):
@@ -174,7 +178,7 @@ def gradients(net: Net, params, x, y, masks=None):
     """A learning pass without the update, for tests and benchmarks: the per-sample losses, the gradients of the
     batch-mean loss with respect to every layer's (weight, bias), and its input gradient (row i: dJ_i/dx_i / n)."""
     tape, logits = forward(net, params, x, masks)
-    g = net.loss_grad(net.ops, logits, y)
+    losses, g = net.loss(net.ops, logits, y)
     g *= 1.0 / x.shape[0]
     grads: list = [None] * len(params)
 
@@ -182,7 +186,7 @@ def gradients(net: Net, params, x, y, masks=None):
         grads[i] = layer_gradients(net, i, x_i, g_i)
 
     e = backward(net, params, tape, g, want_input_grad=True, on_layer=keep)
-    return net.loss(net.ops, logits, y), grads, e
+    return losses, grads, e
 
 
 def layer_gradients(net: Net, i: int, x_i, g):
@@ -220,6 +224,21 @@ def optimizer_update(ops, plan: Plan, params, i: int, gw, gb, velocity) -> None:
         ops.max_norm_(w, plan.max_norm)
 
 
+def sgd_update(net: Net, params, i: int, x_i, g) -> None:
+    """Plain SGD for layer i straight from its output gradient g, already scaled by lr / n: w <- w - x_i^T g in one
+    fused primitive, b <- b - sum(g). At batch 10 the update is memory-bound: a weight gradient the size of w,
+    written and read again, would cost as much as the matmul that makes it."""
+    ops = net.ops
+    w, b = params[i]
+    if i < net.arch.n_conv:
+        gw, gb = ops.conv2d_grad_params(x_i, g, net.arch.conv_kernel)
+        ops.sub_(w, gw, 1.0)
+    else:
+        ops.sub_matmul_tn_(w, x_i, g)
+        gb = ops.sum_batch(g)
+    ops.sub_(b, gb, 1.0)
+
+
 def learn_from(net: Net, plan: Plan, params, x, y, masks=None, velocity=None, count_errors: bool = False,
                scale: float = 1.0, extra_grads: list | None = None):
     """Algorithm 1, steps 4-5 (with x = z), and plain back-propagation: forward and backward on x, each layer
@@ -228,9 +247,14 @@ def learn_from(net: Net, plan: Plan, params, x, y, masks=None, velocity=None, co
     Returns the batch-mean loss and, if count_errors, the number of misclassified samples (else None)."""
     ops = net.ops
     tape, logits = forward(net, params, x, masks)
-    loss = ops.mean(net.loss(ops, logits, y))
+    losses, g = net.loss(ops, logits, y)
+    loss = ops.mean(losses)
     wrong = ops.count_different(ops.argmax_rows(logits), y) if count_errors else None
-    g = net.loss_grad(ops, logits, y)
+    if plan.plain_sgd and extra_grads is None:  # the fast path: lr / n folded into g, fused updates
+        g *= plan.lr * scale / x.shape[0]
+        backward(net, params, tape, g, want_input_grad=False, on_layer=lambda i, x_i, g_i: sgd_update(
+            net, params, i, x_i, g_i))
+        return loss, wrong
     g *= scale / x.shape[0]
 
     def update(i, x_i, g_i):
@@ -266,8 +290,8 @@ def _train_step_mixed(net, plan, params, x, y, masks, adv_masks, velocity, count
     ops = net.ops
     a = plan.adv_weight
     tape, logits = forward(net, params, x, masks)
-    loss_x = ops.mean(net.loss(ops, logits, y))
-    g = net.loss_grad(ops, logits, y)  # per sample: its input gradient is e, with the training masks
+    losses_x, g = net.loss(ops, logits, y)  # g per sample: its input gradient is e, with the training masks
+    loss_x = ops.mean(losses_x)
     grads_x: list = [None] * len(params)
     scale_x = a / x.shape[0]
 

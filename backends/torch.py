@@ -86,7 +86,7 @@ def tanh_grad(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid(a: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(a)
+    return F.logsigmoid(a).exp_()  # torch.sigmoid is 0 below -88.7 in float32; see backends/numpy.py
 
 
 def sigmoid_(a: torch.Tensor) -> torch.Tensor:
@@ -157,6 +157,10 @@ def clip_(a: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 def sub_(w: torch.Tensor, g: torch.Tensor, alpha: float) -> torch.Tensor:
     return w.sub_(g, alpha=alpha)
+
+
+def sub_matmul_tn_(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return w.addmm_(a.T, b, alpha=-1)  # one GEMM that reads and writes w in place (beta = 1)
 
 
 def max_norm_(w: torch.Tensor, c: float) -> torch.Tensor:

@@ -5,8 +5,8 @@ backends against three loops written by hand, all measured in the same process:
   input gradient from autograd, weight gradients included);
 - lean torch: the best loop we can write in torch (no autograd, data resident, one index gather per step,
   in-place updates straight from the matmul: W.addmm_(h.T, g, alpha=-1) with lr/n folded into g);
-- lean numpy: the best plain-numpy loop we can write (one gather, in-place activations, preallocated weight
-  gradient buffers, lr/n folded into g).
+- lean numpy: the best plain-numpy loop we can write (one gather, in-place activations, lr/n folded into g,
+  w -= h.T @ g).
 Every loop does what advbp's step does, the per-step loss included.
 
     python benchmarks/step_bench.py --threads 1 [--device cpu|cuda] [--steps 600] [--sizes 400,800,1200]
@@ -132,10 +132,11 @@ def lean_torch(hidden: int, device: str, adversarial: bool, x, y, batches):
 
 
 def lean_numpy(hidden: int, adversarial: bool, x, y, batches):
-    """The same step by hand in plain numpy: one gather, in-place activations, preallocated gradient buffers."""
+    """The same step by hand in plain numpy: one gather, in-place activations, lr/n folded into g, each update as
+    w -= h.T @ g (faster than into a preallocated np.dot(out=) buffer) and g @ w.T as (w @ g.T).T (faster in
+    OpenBLAS): both measured, see RESULTS.md."""
     (w1, b1), (w2, b2), (w3, b3) = _init(hidden)
     xt = np.concatenate([x, np.eye(10, dtype=np.float32)[y]], axis=1)
-    gw1, gw2, gw3 = np.empty_like(w1), np.empty_like(w2), np.empty_like(w3)
     losses = np.empty(len(batches))
     scale = np.float32(LR / BATCH)
 
@@ -158,31 +159,28 @@ def lean_numpy(hidden: int, adversarial: bool, x, y, batches):
                 h1, h2, o = forward(xb)
                 g = 1 / (1 + np.exp(-o))
                 g -= tb
-                d = g @ w3.T
+                d = (w3 @ g.T).T  # = g @ w3.T, faster in OpenBLAS with the big matrix on the left
                 d *= h2 > 0
-                d = d @ w2.T
+                d = (w2 @ d.T).T
                 d *= h1 > 0
-                z = np.sign(d @ w1.T)
+                z = np.sign((w1 @ d.T).T)
                 z *= EPS
                 z += xb
                 xb = z
             h1, h2, o = forward(xb)
-            losses[k] = (np.maximum(o, 0) + np.log1p(np.exp(-np.abs(o))) - tb * o).sum() / BATCH
+            losses[k] = (np.logaddexp(o, 0) - tb * o).sum() / BATCH
             g = 1 / (1 + np.exp(-o))
             g -= tb
             g *= scale
-            d2 = g @ w3.T
+            d2 = (w3 @ g.T).T
             d2 *= h2 > 0
-            np.dot(h2.T, g, out=gw3)
-            np.subtract(w3, gw3, out=w3)
+            np.subtract(w3, h2.T @ g, out=w3)
             np.subtract(b3, g.sum(0), out=b3)
-            d1 = d2 @ w2.T
+            d1 = (w2 @ d2.T).T
             d1 *= h1 > 0
-            np.dot(h1.T, d2, out=gw2)
-            np.subtract(w2, gw2, out=w2)
+            np.subtract(w2, h1.T @ d2, out=w2)
             np.subtract(b2, d2.sum(0), out=b2)
-            np.dot(xb.T, d1, out=gw1)
-            np.subtract(w1, gw1, out=w1)
+            np.subtract(w1, xb.T @ d1, out=w1)
             np.subtract(b1, d1.sum(0), out=b1)
 
     run.weights = lambda: w1
@@ -208,24 +206,27 @@ def _load() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def time_interleaved(runners: dict, steps: int, repeats: int) -> dict:
+def time_interleaved(runners: dict, steps: int, repeats: int, clock) -> dict:
     """us/step of every runner: a warm-up each, then `repeats` rounds timing each runner once; the best round."""
     for run in runners.values():
         run(min(50, steps))
     best = {name: float("inf") for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             run(steps)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], clock() - t0)
     return {name: t / steps * 1e6 for name, t in best.items()}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=200, help="steps per timed round")
+    ap.add_argument("--repeats", type=int, default=10, help="interleaved rounds; the best is kept")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this process's CPU time (time.process_time; with one thread it is the step's own time "
+                         "and hardly moves when other processes compete for the cores); wall: perf_counter")
     ap.add_argument("--sizes", default="400,800,1200")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads and numpy BLAS threads (default: the libraries' own)")
@@ -236,12 +237,13 @@ def main():
     x = rng.random((60000, 784), dtype=np.float32)
     y = rng.integers(0, 10, 60000)
     batches = rng.permutation(60000)[: args.steps * BATCH].reshape(-1, BATCH)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     cpu = args.device == "cpu"
     dev_name = torch.cuda.get_device_name() if not cpu else platform.processor() or platform.machine()
     print(f"device: {args.device} ({dev_name}, {os.cpu_count()} cores), torch {torch.__version__}, numpy "
           f"{np.__version__}, torch threads {torch.get_num_threads()}, OMP/OPENBLAS_NUM_THREADS "
           f"{os.environ.get('OMP_NUM_THREADS')}/{os.environ.get('OPENBLAS_NUM_THREADS')}, batch {BATCH}, "
-          f"{args.steps} steps, best of {args.repeats} interleaved rounds")
+          f"{args.steps} steps per round, best of {args.repeats} interleaved rounds, {args.clock} clock")
     print(f"start: {_load()}")
     print(f"{'net':>7} {'impl':>12} {'adv us':>8} {'bp us':>8} {'adv/lean':>9} {'bp/lean':>8} "
           f"{'naive/adv':>9} {'adv/bp':>7}")
@@ -254,7 +256,7 @@ def main():
             if cpu:
                 runners[("lean numpy", adv)] = lean_numpy(h, adv, x, y, batches)
                 runners[("advbp numpy", adv)] = advbp_runner("numpy", h, args.device, adv, x, y, batches)
-        t = time_interleaved(runners, args.steps, args.repeats)
+        t = time_interleaved(runners, args.steps, args.repeats, clock)
         for name in ("naive eager", "lean torch", "advbp torch", "lean numpy", "advbp numpy"):
             if (name, True) not in t:
                 continue
