@@ -7,6 +7,7 @@ the returned handle is passed back to the other verbs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -31,6 +32,17 @@ class Evaluated:
     predictions: np.ndarray  # int64 argmax of the logits
     losses: np.ndarray | None  # per-sample objective J_i (None when no labels were given)
     hidden_zeros: list[int] | None  # exact zeros per fully connected hidden layer, summed over the samples
+
+
+def computing(verb):
+    """Runs a verb inside its backend's compute context (ops.compute_context: torch's inference mode)."""
+
+    @functools.wraps(verb)
+    def run(self, *args, **kwargs):
+        with self.ops.compute_context():
+            return verb(self, *args, **kwargs)
+
+    return run
 
 
 def scaled_masks(ops, keep: list, sites, dtype: str, device: str) -> list:
@@ -90,6 +102,7 @@ class Backend:
     def _mask_arrays(self, keep: list, sites) -> list:
         return scaled_masks(self.ops, keep, sites, self.dtype, self.device)
 
+    @computing
     def train_steps(self, x, y, batches: np.ndarray, step, masks: MaskSource | None = None,
                     errors: np.ndarray | None = None) -> np.ndarray:
         """Run len(batches) SGD steps; batches[k] holds the sample indices of step k. Returns each step's loss.
@@ -125,6 +138,7 @@ class Backend:
             return [slice(None)]
         return [slice(s, s + size) for s in range(0, n, size)]
 
+    @computing
     def evaluate(self, x, y=None, hidden_zeros: bool = False) -> Evaluated:
         """One forward pass (evaluation mode: no dropout) gives the predictions, the per-sample losses (if labels y
         are given) and, if asked, the exact zeros of every fully connected hidden layer."""
@@ -142,12 +156,14 @@ class Backend:
                          np.concatenate(losses) if y is not None else None,
                          (zeros or [0] * len(self.arch.hidden)) if hidden_zeros else None)
 
+    @computing
     def logits(self, x) -> np.ndarray:
         """Output-layer pre-activations for every row of x (evaluation mode)."""
         return np.concatenate([ops_np for ops_np in
                                (self.ops.to_numpy(alg.forward(self.net, self.params, x[c])[1])
                                 for c in self._chunks(len(x)))])
 
+    @computing
     def sample_input_gradients(self, x, y, masks: MaskSource | None = None, k: int = 0, step=None) -> np.ndarray:
         """dJ_i/dx_i for every sample i: each sample's own input gradient (no 1/n, independent of the batch),
         computing no weight gradients (Algorithm 1, step 2). Without `masks` the network is in evaluation mode;
@@ -161,6 +177,7 @@ class Backend:
         return np.concatenate([ops.to_numpy(alg.input_gradient(net, self.params, x[c], y[c]))
                                for c in self._chunks(len(x))])
 
+    @computing
     def hidden_activations(self, x) -> list[np.ndarray]:
         """The output of every fully connected hidden layer, for sparsity measurements and histograms."""
         parts = [alg.forward(self.net, self.params, x[c])[0].acts[self.arch.n_conv:] for c in self._chunks(len(x))]

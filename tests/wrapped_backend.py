@@ -104,6 +104,7 @@ def _lift(name: str):
 
 device = spec.device
 eval_chunk = spec.eval_chunk
+compute_context = spec.compute_context
 
 
 def asarray(a, dtype: str, device: str) -> Wrapped:
