@@ -151,7 +151,7 @@ class Backend:
                 losses.append(ops.to_numpy(net.loss(ops, logits, y[c], want_grad=False)[0]))
             if hidden_zeros:
                 counts = [int(ops.count_zeros(a)) for a in tape.acts[self.arch.n_conv:]]
-                zeros = counts if zeros is None else [z + n for z, n in zip(zeros, counts)]
+                zeros = counts if zeros is None else [z + c for z, c in zip(zeros, counts)]
         return Evaluated(np.concatenate(preds).astype(np.int64),
                          np.concatenate(losses) if y is not None else None,
                          (zeros or [0] * len(self.arch.hidden)) if hidden_zeros else None)
@@ -159,9 +159,8 @@ class Backend:
     @computing
     def logits(self, x) -> np.ndarray:
         """Output-layer pre-activations for every row of x (evaluation mode)."""
-        return np.concatenate([ops_np for ops_np in
-                               (self.ops.to_numpy(alg.forward(self.net, self.params, x[c])[1])
-                                for c in self._chunks(len(x)))])
+        return np.concatenate([self.ops.to_numpy(alg.forward(self.net, self.params, x[c])[1])
+                               for c in self._chunks(len(x))])
 
     @computing
     def sample_input_gradients(self, x, y, masks: MaskSource | None = None, k: int = 0, step=None) -> np.ndarray:

@@ -9,7 +9,8 @@ backends against three loops written by hand, all measured in the same process:
   w -= h.T @ g).
 Every loop does what advbp's step does, the per-step loss included.
 
-    python benchmarks/step_bench.py --threads 1 [--device cpu|cuda] [--steps 600] [--sizes 400,800,1200]
+    python benchmarks/step_bench.py --threads 1 [--device cpu|cuda] [--steps 200] [--sizes 400,800,1200]
+    python benchmarks/step_bench.py --check      # that every implementation computes the same weights
 
 --threads N sets torch's intra-op threads and, before numpy is imported, OMP/OPENBLAS/MKL_NUM_THREADS (numpy's
 BLAS). Timings are interleaved (each repeat times every implementation once, so load changes hit them alike) and
@@ -69,7 +70,12 @@ def naive_loop(hidden: int, device: str, adversarial: bool, x, y, batches):
     net = torch.nn.Sequential(
         torch.nn.Linear(784, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
         torch.nn.Linear(hidden, 10),
-    ).to(device)
+    )
+    with torch.no_grad():  # advbp's init, so that every implementation computes the same weights (--check)
+        for layer, (w, b) in zip(net[::2], _init(hidden)):
+            layer.weight.copy_(torch.as_tensor(w.T))
+            layer.bias.copy_(torch.as_tensor(b))
+    net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     lossf = torch.nn.BCEWithLogitsLoss(reduction="sum")
     xt = torch.as_tensor(x, device=device)
@@ -87,6 +93,7 @@ def naive_loop(hidden: int, device: str, adversarial: bool, x, y, batches):
             opt.step()
         _sync(device)
 
+    run.weights = lambda: net[0].weight.detach().T.cpu().numpy()
     return run
 
 
@@ -219,6 +226,24 @@ def time_interleaved(runners: dict, steps: int, repeats: int, clock) -> dict:
     return {name: t / steps * 1e6 for name, t in best.items()}
 
 
+def check_same_weights(x, y, batches, device: str) -> None:
+    """Every implementation, 20 steps of a 784-50-50-10 network from the same init: the largest difference of
+    the first layer's weights from advbp numpy's (all compute the same step; float32 rounding apart)."""
+    for adv in (True, False):
+        runners = {"naive eager": naive_loop(50, device, adv, x, y, batches),
+                   "lean torch": lean_torch(50, device, adv, x, y, batches),
+                   "lean numpy": lean_numpy(50, adv, x, y, batches),
+                   "advbp torch": advbp_runner("torch", 50, device, adv, x, y, batches),
+                   "advbp numpy": advbp_runner("numpy", 50, device, adv, x, y, batches)}
+        for run in runners.values():
+            run(20)
+        ref = runners["advbp numpy"].weights()
+        moved = np.abs(ref - _init(50)[0][0]).max()
+        print(f"{'adversarial' if adv else 'back-prop'}: max |w - w(advbp numpy)| after 20 steps "
+              + ", ".join(f"{k} {np.abs(r.weights() - ref).max():.1e}" for k, r in runners.items()
+                          if k != "advbp numpy") + f" (the weights moved {moved:.1e})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -228,6 +253,7 @@ def main():
                     help="cpu: this process's CPU time (time.process_time; with one thread it is the step's own time "
                          "and hardly moves when other processes compete for the cores); wall: perf_counter")
     ap.add_argument("--sizes", default="400,800,1200")
+    ap.add_argument("--check", action="store_true", help="only show that every implementation computes the same")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads and numpy BLAS threads (default: the libraries' own)")
     args = ap.parse_args()
@@ -238,6 +264,9 @@ def main():
     y = rng.integers(0, 10, 60000)
     batches = rng.permutation(60000)[: args.steps * BATCH].reshape(-1, BATCH)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.check:
+        check_same_weights(x, y, batches, args.device)
+        return
     cpu = args.device == "cpu"
     dev_name = torch.cuda.get_device_name() if not cpu else platform.processor() or platform.machine()
     print(f"device: {args.device} ({dev_name}, {os.cpu_count()} cores), torch {torch.__version__}, numpy "
