@@ -39,7 +39,9 @@ def eval_chunk(device: str) -> int:
 
 
 def asarray(a, dtype: str, device: str) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a), dtype=getattr(torch, dtype), device=device)
+    t = torch.as_tensor(np.asarray(a), device=device)  # converted on the device: a bool mask crosses as 1 byte
+    want = getattr(torch, dtype)
+    return t if t.dtype == want else t.to(want)
 
 
 def to_numpy(a: torch.Tensor) -> np.ndarray:
