@@ -34,6 +34,24 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def reduced_conv_run(backend: str, data_dir: str):
+    """The network (fresh, paper init), config and data of the reduced CONV run."""
+    from advbp_cli.config import RunConfig
+    from advbp_cli.data import load_splits
+    from advbp_cli.networks import build_backend, fresh_params
+    from advbp_cli.presets import load_preset
+
+    preset = load_preset("cifar10-conv-adv-dropout-simple")
+    cfg = RunConfig.model_validate({
+        "model": {**preset["model"], "conv_channels": [32, 32, 64], "hidden": [256, 256]},
+        "train": preset["train"], "data": {**preset["data"], "train_limit": 2000},
+        "runtime": {"backend": backend, "device": "cpu"}})
+    train, test = load_splits(cfg.data, cfg.runtime.dtype, data_dir, download=False, log=lambda m: None)
+    net = build_backend(cfg)
+    net.set_params(fresh_params(cfg))
+    return net, cfg, train, test
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["numpy", "torch"], default="torch")
@@ -46,22 +64,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    from advbp_cli.config import RunConfig
-    from advbp_cli.data import load_splits
     from advbp_cli.evaluate import CHUNK, evaluate_arrays
-    from advbp_cli.networks import build_backend, fresh_params
-    from advbp_cli.presets import load_preset
     from advbp_cli.rng import DropoutMasks
     from advbp_cli.trainer import epoch_blocks
 
-    preset = load_preset("cifar10-conv-adv-dropout-simple")
-    cfg = RunConfig.model_validate({
-        "model": {**preset["model"], "conv_channels": [32, 32, 64], "hidden": [256, 256]},
-        "train": preset["train"], "data": {**preset["data"], "train_limit": 2000},
-        "runtime": {"backend": args.backend, "device": "cpu"}})
-    train, test = load_splits(cfg.data, cfg.runtime.dtype, args.data_dir, download=False, log=lambda m: None)
-    net = build_backend(cfg)
-    net.set_params(fresh_params(cfg))
+    net, cfg, train, test = reduced_conv_run(args.backend, args.data_dir)
     xd, yd = net.asarray(train.x), net.asarray(train.y, labels=True)
 
     def train_epoch(epoch=[0]):
