@@ -2,10 +2,10 @@
 
 z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (dropout off) unless
 `--model-mode train` asks for dropout as in training (masks from the run's seed, see ATTACK_MASK_EPOCH); the
-manifest records the mode. For a network without dropout both modes compute the same. The input gradient of a whole batch is computed at once: `Backend.input_gradient`
-returns the gradient of the batch-mean objective, whose row i is (1/n) dJ_i/dx_i, because sample i's loss
-depends on no other row. Its sign is therefore the per-sample sign, and the gradient is computed once and
-reused for every eps.
+manifest records the mode. For a network without dropout both modes compute the same. The input gradients of a
+whole batch are computed at once: `Backend.sample_input_gradients` returns each sample's own gradient dJ_i/dx_i
+(no batch mean, so no 1/n can flush a tiny gradient to zero), hence the signs do not depend on the batch size,
+which only bounds memory. The gradient is computed once and reused for every eps.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ ATTACK_MASK_EPOCH = 1_000_000
 
 
 def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cfg=None) -> Gradients:
-    """sign(dJ/dx) for every sample, one batch-mean input gradient per batch (no weight gradients).
+    """sign(dJ_i/dx_i) for every sample i, each from its own gradient (no weight gradients), batch_size at a time.
     With `train_mode_cfg` (the source's RunConfig) dropout is active, as while training (--model-mode train)."""
     masks = None
     if train_mode_cfg is not None:
@@ -214,9 +214,9 @@ def _signs_into(signs, net, x, y, batch_size, masks, train_mode_cfg) -> None:
         stop = min(start + batch_size, len(x))
         xb, yb = net.asarray(x[start:stop]), net.asarray(y[start:stop], labels=True)
         if masks is None:
-            e = net.input_gradient(xb, yb)
+            e = net.sample_input_gradients(xb, yb)
         else:
-            e = net.input_gradient(xb, yb, masks=masks, k=start // batch_size, step=train_mode_cfg.train)
+            e = net.sample_input_gradients(xb, yb, masks=masks, k=start // batch_size, step=train_mode_cfg.train)
         if not np.isfinite(e).all():  # its sign would be no direction at all
             raise UsageProblem("the source network's input gradient is NaN or Inf (weights or inputs out of range), "
                                "so it defines no FGSM direction")
@@ -224,8 +224,8 @@ def _signs_into(signs, net, x, y, batch_size, masks, train_mode_cfg) -> None:
 
 
 def perturb(x: np.ndarray, signs: np.ndarray, eps: float, clip: tuple[float, float] | None) -> np.ndarray:
-    """z = x + eps * sign(e), clipped to `clip` when given: bit for bit what the reference
-    `backends/numpy/step.fgsm_perturb` computes (Algorithm 1 step 3), in place in one new array."""
+    """z = x + eps * sign(e), clipped to `clip` when given: bit for bit what `backends/step.fgsm_perturb` computes
+    (Algorithm 1 step 3) with the numpy primitives, in place in one new array."""
     z = signs.astype(x.dtype)  # the signs are already -1, 0 or 1
     with np.errstate(over="ignore", invalid="ignore"):  # an eps beyond the dtype is refused by finite_inputs
         z *= eps  # eps * sign in x's dtype, as in the reference
@@ -255,19 +255,13 @@ def zero_gradient_warning(zero: int, n: int, what: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def error_of(net, x: np.ndarray, y: np.ndarray) -> float:
-    """Percent misclassified: the same logits and argmax as `evaluate_arrays`, so the same number, at one forward
-    pass (evaluate_arrays also computes the loss, a second forward)."""
-    from .evaluate import CHUNK
-
-    wrong = 0
-    for start in range(0, len(x), CHUNK):
-        with np.errstate(over="ignore", invalid="ignore"):  # checked right below
-            logits = np.asarray(net.logits(net.asarray(x[start:start + CHUNK])))
-        if not np.isfinite(logits).all():
-            raise UsageProblem("the source network's outputs are NaN or Inf on these inputs, so the set has no error "
-                               "rate (weights or inputs out of range)")
-        wrong += int((logits.argmax(axis=1) != y[start:start + CHUNK]).sum())
-    return wrong * 100 / len(y) if len(y) else float("nan")
+    """Percent misclassified: the number `evaluate_arrays` reports (one forward pass per chunk). Outputs that are
+    not finite give no error rate: one line instead."""
+    ev = evaluate_arrays(net, x, y)
+    if ev.nonfinite:
+        raise UsageProblem("the source network's outputs are NaN or Inf on these inputs, so the set has no error "
+                           "rate (weights or inputs out of range)")
+    return ev.error
 
 
 def whitebox_errors(net, cfg, x, y, eps_list, clip, batch_size: int, loss: str = "model"):

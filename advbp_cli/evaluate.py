@@ -1,4 +1,5 @@
-"""Error, loss and hidden-unit sparsity of a network on a split, in chunks so memory stays bounded."""
+"""Error, loss and hidden-unit sparsity of a network on a split: one forward pass per chunk of CHUNK samples, so
+memory stays bounded."""
 
 from __future__ import annotations
 
@@ -15,27 +16,36 @@ class Evaluation:
     error: float  # percent misclassified
     loss: float  # mean per-sample objective
     predictions: np.ndarray
-    nonfinite: int = 0  # samples whose outputs hold NaN or Inf: their argmax is no prediction (see check_finite)
+    hidden_zero_fraction: list[float] | None = None  # per hidden layer, when asked for (the paper's Figure 3)
+    nonfinite: int = 0  # samples whose loss is NaN or Inf (their outputs are): no prediction (see check_finite)
 
 
-def evaluate_arrays(backend, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite outputs are counted instead
-        return _evaluate(backend, x, y)
+def evaluate_arrays(backend, x: np.ndarray, y: np.ndarray, sparsity: bool = False) -> Evaluation:
+    """Error and mean loss on (x, y), and with `sparsity` the fraction of exact zeros among each fully connected
+    hidden layer's activations, all from the same forward pass (Backend.evaluate). Non-finite outputs are counted
+    (Evaluation.nonfinite), not warned about: `check_finite` turns them into one line."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _evaluate(backend, x, y, sparsity)
 
 
-def _evaluate(backend, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    preds, losses, bad = [], [], 0
+def _evaluate(backend, x: np.ndarray, y: np.ndarray, sparsity: bool) -> Evaluation:
+    preds, losses, zeros = [], [], [0] * len(backend.model.hidden)
     for start in range(0, len(x), CHUNK):
         xd = backend.asarray(x[start : start + CHUNK])
         yd = backend.asarray(y[start : start + CHUNK], labels=True)
-        logits = np.asarray(backend.logits(xd))
-        bad += int((~np.isfinite(logits)).any(axis=1).sum())
-        preds.append(logits.argmax(axis=1))
-        losses.append(backend.loss_per_sample(xd, yd))
+        ev = backend.evaluate(xd, yd, hidden_zeros=sparsity)
+        preds.append(ev.predictions)
+        losses.append(ev.losses)
+        if sparsity:
+            zeros = [z + c for z, c in zip(zeros, ev.hidden_zeros)]
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     loss = np.concatenate(losses) if losses else np.zeros(0)
     err = float((pred != y).mean() * 100) if len(y) else float("nan")
-    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred, bad)
+    fractions = None
+    if sparsity:
+        fractions = [z / (len(x) * s) if len(x) else float("nan") for z, s in zip(zeros, backend.model.hidden)]
+    bad = int((~np.isfinite(loss)).sum())
+    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred, fractions, bad)
 
 
 def check_finite(ev: Evaluation, what: str) -> Evaluation:
@@ -50,16 +60,14 @@ def check_finite(ev: Evaluation, what: str) -> Evaluation:
 
 
 def hidden_sparsity(backend, x: np.ndarray) -> list[float]:
-    """Fraction of exact zeros among each hidden layer's activations (the paper's Figure 3: 39 % -> 61 %)."""
-    zeros = None
-    total = 0
+    """Fraction of exact zeros among each hidden layer's activations (the paper's Figure 3: 39 % -> 61 %), from one
+    forward pass per chunk."""
+    zeros, total = [0] * len(backend.model.hidden), 0
     for start in range(0, len(x), CHUNK):
-        acts = backend.hidden_activations(backend.asarray(x[start : start + CHUNK]))
-        counts = [int((a == 0).sum()) for a in acts]
-        zeros = counts if zeros is None else [z + c for z, c in zip(zeros, counts)]
+        ev = backend.evaluate(backend.asarray(x[start : start + CHUNK]), hidden_zeros=True)
+        zeros = [z + c for z, c in zip(zeros, ev.hidden_zeros)]
         total += len(x[start : start + CHUNK])
-    sizes = backend.model.hidden
-    return [z / (total * s) for z, s in zip(zeros or [0] * len(sizes), sizes)]
+    return [z / (total * s) if total else float("nan") for z, s in zip(zeros, backend.model.hidden)]
 
 
 def mean_last_epochs(metrics: list[dict], n: int, key: str = "eval_error") -> float:

@@ -19,11 +19,8 @@ def build_backend(cfg: RunConfig, backend: str | None = None, device: str | None
     name = backend or rt.backend
     device = device or rt.device
     dtype = dtype or rt.dtype
-    cls = load_backend(name)
     try:
-        if name == "torch":
-            return cls(cfg.model, dtype=dtype, device=device, tf32=rt.tf32)
-        return cls(cfg.model, dtype=dtype, device=device)
+        return load_backend(name)(cfg.model, dtype=dtype, device=device, tf32=rt.tf32)
     except ValueError as exc:  # e.g. --device cuda without CUDA, numpy on cuda
         raise UsageProblem(str(exc)) from None
 
@@ -78,9 +75,9 @@ def require_device(device: str | None) -> None:
     torch sees no CUDA device (torch is imported only in that case)."""
     if device != "cuda":
         return
-    from .backends.torch import resolve_device
+    from .backends import backend_module
 
     try:
-        resolve_device(device)
+        backend_module("torch").device(device)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None

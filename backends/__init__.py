@@ -1,284 +1,73 @@
-"""The backend interface: arithmetic only. Installed as `advbp_cli.backends` (see pyproject.toml).
+"""advbp's arithmetic. Installed as `advbp_cli.backends` (see pyproject.toml).
 
-A backend holds one network's parameters and offers a handful of verbs. Backends register by name with the
-module that implements them, so nothing imports a framework it does not need: `load_backend("numpy")` never
-imports torch.
+A backend is ONE module of primitives (matmul, conv and pooling with their gradients, activations, sign, clip, the
+in-place update, a few reductions): `numpy.py` is the readable specification, `torch.py` has the same functions
+under the same names. Everything else is written once on top of them:
 
-Where Algorithm 1 lives (the same names in `numpy/step.py` and `torch/step.py`):
-  1. forward x ......................... step.forward
-  2. back-propagate to the input ....... step.backward(..., want_param_grads=False, want_input_grad=True)
-  3. z = x + eps * sign(e) ............. step.fgsm_perturb
-  4. forward and backward on z ......... step.forward, step.backward
-  5. update weights from step 4 ........ step.sgd_update
-  all five, one mini-batch ............. step.train_step
-  the update (momentum, weight decay,
-  max-norm: the CIFAR-10 settings) ..... step.optimizer_update
+  step.py ...... Algorithm 1 (Nøkland 2015), one SGD step:
+                   1. forward x ................................ step.forward
+                   2. back-propagate to the input, no weights .. step.input_gradient (step.backward)
+                   3. z = x + eps * sign(e) .................... step.fgsm_perturb
+                   4. forward and backward on z ................ step.learn_from
+                   5. update (weight decay, momentum, max-norm)  step.optimizer_update
+                   one mini-batch .............................. step.train_step
+  losses.py .... the two objectives and their per-sample output gradients (in numerically stable form)
+  network.py ... Backend: parameters, optimizer state, chunked evaluation, dropout masks, the verbs other code calls
+  layout.py .... the network's shape: Architecture, pooling geometry, dropout sites
 
-The network (the same in both backends, described by `Architecture` below): optional dropout on the input; for
-arch = "conv", blocks of [5x5 'same' convolution -> activation -> 3x3/2 max pooling -> dropout]; the flattened
-result feeds the fully connected layers [linear -> activation -> dropout]; a linear output layer. Data arrives
-flat, (n, C*H*W) in (C, H, W) order, and the conv stack reshapes it.
-
-Conventions (written down once, implemented twice):
-- Convolution: stride 1, zero padding k // 2 on every side (odd k), so the spatial size is kept.
-- Max pooling, `pool_mode`: "ceil" (the default) is cuda-convnet's pooling as Srivastava et al. 2014 used it:
-  windows start at 0 every `stride` pixels and the last one may run over the edge (the missing pixels never win),
-  output ceil((H - k) / s) + 1, so 32 -> 16 -> 8 -> 4 for 3x3/2. "pad1" pads (k - 1) // 2 pixels on each side that
-  never win and floors (torch's MaxPool2d(3, 2, padding=1)): also 32 -> 16 -> 8 -> 4, windows shifted by one.
-  "valid" has no padding and floors (dfa-torch's SpatialMaxPooling(3,3,2,2)): 32 -> 15 -> 7 -> 3.
-- Dropout is inverted: a kept unit is scaled by 1 / (1 - p) at training time, so evaluation uses the network
-  as it is. The keep-masks come from advbp_cli.rng (`MaskSource`), never from a backend, so both backends see
-  the same masks; the sites and their order are `dropout_sites`.
+The registry below is the only list of backends. A module is imported on first use, so `import advbp_cli` never
+imports torch. `register_backend(name, module)` adds one (the tests add a float64 numpy backend behind another
+array type, proving that a new backend is one module of primitives plus one registry line).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Sequence
+from types import ModuleType
+from typing import Callable
 
-import numpy as np
+from .layout import (  # noqa: F401  (re-exported: the names other code imports from here)
+    Architecture,
+    ModelSpec,
+    StepSpec,
+    architecture,
+    dropout_rates,
+    dropout_sites,
+    pool_geometry,
+    uses_dropout,
+)
+from .network import Backend, Evaluated, MaskSource  # noqa: F401
 
-# name -> module that defines `BACKEND`, a Backend subclass. Imported on first use only.
+# name -> module of primitives
 _REGISTRY: dict[str, str] = {
     "numpy": "advbp_cli.backends.numpy",
     "torch": "advbp_cli.backends.torch",
 }
 
 
-class ModelSpec(Protocol):
-    """What a backend needs to know about the network (advbp_cli.config.ModelConfig satisfies it)."""
-
-    input_size: int
-    hidden: list[int]
-    activation: str  # logistic | tanh | relu
-    output: str  # sigmoid_bce | softmax_ce
-    num_classes: int
-    # arch = "conv" only (read with getattr, so an object without them is an MLP):
-    # arch, input_shape (C, H, W), conv_channels, conv_kernel, pool_size, pool_stride, pool_mode
-
-
-class StepSpec(Protocol):
-    """The hyper-parameters of one SGD step (advbp_cli.config.TrainConfig satisfies it)."""
-
-    method: str  # backprop | adversarial
-    eps: float
-    adv_weight: float  # a in a*J(x) + (1-a)*J(z); 0 is the paper
-    clip: tuple[float, float] | None
-    lr: float
-    # the CIFAR-10 settings (read with getattr; absent means off):
-    # dropout_input, dropout_conv, dropout_fc (rates), adv_dropout ("same" | "off"),
-    # momentum, dampening, weight_decay, max_norm
-
-
-class MaskSource(Protocol):
-    """Dropout keep-masks for the steps of one block (advbp_cli.rng.DropoutMasks implements it)."""
-
-    def masks(self, k: int, sites: Sequence[tuple[tuple[int, ...], float]]) -> list:
-        """Step k of the block: for each (shape, rate) a bool array of that shape (True = keep), None for rate 0."""
-        ...
-
-
-# ----------------------------------------------------------------------------- the architecture, in one place
-
-
-def pool_geometry(size: int, k: int, s: int, mode: str) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) of max pooling along one axis. Padding never wins the max;
-    a negative `after` means trailing pixels that no window reaches. See the module docstring for the modes."""
-    if mode == "valid":
-        lo, out = 0, (size - k) // s + 1
-    elif mode == "pad1":
-        lo = (k - 1) // 2
-        out = (size + 2 * lo - k) // s + 1
-    elif mode == "ceil":
-        lo = 0
-        out = -(-(size - k) // s) + 1
-        if (out - 1) * s >= size:  # a last window that would start beyond the image is dropped (torch's rule)
-            out -= 1
-    else:
-        raise ValueError(f"unknown pool_mode {mode!r}")
-    return out, lo, (out - 1) * s + k - size - lo
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Everything about the network's shape that both backends (and the checkpoint) derive from the config."""
-
-    input_size: int
-    hidden: tuple[int, ...]
-    num_classes: int
-    input_shape: tuple[int, int, int] | None = None  # (C, H, W); None for the MLP
-    conv_channels: tuple[int, ...] = ()
-    conv_kernel: int = 5
-    pool_size: int = 3
-    pool_stride: int = 2
-    pool_mode: str = "ceil"
-
-    @property
-    def n_conv(self) -> int:
-        return len(self.conv_channels)
-
-    @property
-    def conv_pad(self) -> int:
-        return self.conv_kernel // 2
-
-    def conv_outputs(self) -> list[tuple[int, int, int]]:
-        """(C, H, W) of every conv block's output (after pooling)."""
-        shapes = []
-        if not self.n_conv:
-            return shapes
-        _, h, w = self.input_shape
-        for c in self.conv_channels:
-            h = pool_geometry(h, self.pool_size, self.pool_stride, self.pool_mode)[0]
-            w = pool_geometry(w, self.pool_size, self.pool_stride, self.pool_mode)[0]
-            shapes.append((c, h, w))
-        return shapes
-
-    def fc_sizes(self) -> list[int]:
-        """Fan-ins and fan-outs of the fully connected layers: [flattened input, *hidden, classes]."""
-        if self.n_conv:
-            c, h, w = self.conv_outputs()[-1]
-            first = c * h * w
-        else:
-            first = self.input_size
-        return [first, *self.hidden, self.num_classes]
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter names and shapes, in the order of the backends' parameter lists (conv layers first).
-        MLP names are unchanged from the first checkpoints: layers.i.weight (fan_in, fan_out), layers.i.bias."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        in_c = self.input_shape[0] if self.n_conv else 0
-        for i, c in enumerate(self.conv_channels):
-            shapes[f"conv.{i}.weight"] = (c, in_c, self.conv_kernel, self.conv_kernel)
-            shapes[f"conv.{i}.bias"] = (c,)
-            in_c = c
-        sizes = self.fc_sizes()
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            shapes[f"layers.{i}.weight"] = (fan_in, fan_out)
-            shapes[f"layers.{i}.bias"] = (fan_out,)
-        return shapes
-
-    def layer_names(self) -> list[tuple[str, str]]:
-        """(weight name, bias name) of every layer, in parameter-list order."""
-        names = list(self.param_shapes())
-        return list(zip(names[0::2], names[1::2]))
-
-
-def architecture(model: ModelSpec) -> Architecture:
-    if getattr(model, "arch", "mlp") != "conv":
-        return Architecture(model.input_size, tuple(model.hidden), model.num_classes)
-    return Architecture(model.input_size, tuple(model.hidden), model.num_classes, tuple(model.input_shape),
-                        tuple(model.conv_channels), model.conv_kernel, model.pool_size, model.pool_stride,
-                        model.pool_mode)
-
-
-def _per_layer(rate, n: int) -> list[float]:
-    if isinstance(rate, (list, tuple)):
-        if len(rate) != n:
-            raise ValueError(f"{len(rate)} dropout rates for {n} layers")
-        return [float(r) for r in rate]
-    return [float(rate or 0.0)] * n
-
-
-def dropout_rates(arch: Architecture, step: StepSpec) -> list[float]:
-    """The dropout rate of every site: [input, each conv block, each hidden fully connected layer]."""
-    return [float(getattr(step, "dropout_input", 0.0) or 0.0),
-            *_per_layer(getattr(step, "dropout_conv", 0.0), arch.n_conv),
-            *_per_layer(getattr(step, "dropout_fc", 0.0), len(arch.hidden))]
-
-
-def dropout_sites(arch: Architecture, step: StepSpec, n: int) -> list[tuple[tuple[int, ...], float]]:
-    """(mask shape, rate) of every dropout site for a batch of n, in the order the masks are drawn."""
-    shapes = [(n, arch.input_size), *[(n, *s) for s in arch.conv_outputs()], *[(n, h) for h in arch.hidden]]
-    return list(zip(shapes, dropout_rates(arch, step)))
-
-
-def uses_dropout(arch: Architecture, step: StepSpec) -> bool:
-    return any(r > 0 for r in dropout_rates(arch, step))
-
-
-class Backend(ABC):
-    """Parameters of one network plus the verbs the trainer, evaluator and attacker need.
-
-    Arrays cross the interface as numpy arrays; `asarray` moves data into the backend once (e.g. onto the GPU)
-    and the returned handle is passed back to the other verbs.
-    """
-
-    name: ClassVar[str]
-
-    def __init__(self, model: ModelSpec, dtype: str = "float32", device: str = "cpu"):
-        self.model = model
-        self.dtype = dtype
-        self.device = device
-
-    def _masks(self, masks, k: int, step, n: int):
-        """The dropout masks of step k of a block (None without dropout), drawn from the shared mask source
-        (advbp_cli.rng.DropoutMasks) site by site and turned into this backend's arrays by `_mask_array`."""
-        if not uses_dropout(self.arch, step):
-            return None
-        if masks is None:
-            raise ValueError("this step uses dropout: train_steps needs a mask source")
-        sites = dropout_sites(self.arch, step, n)
-        keep = masks.masks(k, sites)
-        return [None if kp is None else self._mask_array(kp, rate) for kp, (_, rate) in zip(keep, sites)]
-
-    def _mask_array(self, keep: np.ndarray, rate: float):
-        """One site's boolean keep-mask as the scaled mask the backend's step multiplies by."""
-        raise NotImplementedError
-
-    @abstractmethod
-    def set_params(self, params: dict[str, np.ndarray]) -> None: ...
-
-    @abstractmethod
-    def get_params(self) -> dict[str, np.ndarray]: ...
-
-    @abstractmethod
-    def asarray(self, x: np.ndarray, *, labels: bool = False) -> Any:
-        """Data (float inputs, or int64 labels) in the backend's own array type, on its device."""
-
-    @abstractmethod
-    def train_steps(self, x: Any, y: Any, batches: np.ndarray, step: StepSpec, masks: MaskSource | None = None,
-                    errors: np.ndarray | None = None) -> np.ndarray:
-        """Run len(batches) SGD steps; batches[k] holds the sample indices of step k. Returns each step's loss.
-        `masks` gives step k's dropout masks (required when `step` has dropout). If `errors` is given, errors[k]
-        is set to the number of misclassified samples in the pass that step k learned from (z for adversarial
-        back-propagation, with dropout): the training error as dfa-torch measures it."""
-
-    @abstractmethod
-    def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """The momentum buffers as named arrays (`momentum.` + parameter name); empty before the first step with
-        momentum, or without momentum."""
-
-    @abstractmethod
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restores what get_optimizer_state returned (an empty dict: no buffers yet)."""
-
-    @abstractmethod
-    def logits(self, x: Any) -> np.ndarray:
-        """Output-layer pre-activations for every row of x."""
-
-    @abstractmethod
-    def loss_per_sample(self, x: Any, y: Any) -> np.ndarray:
-        """The training objective J of each sample (no batch mean)."""
-
-    @abstractmethod
-    def input_gradient(self, x: Any, y: Any, masks=None, k: int = 0, step: StepSpec | None = None) -> np.ndarray:
-        """dJ/dx for the batch-mean objective, computing no weight gradients (Algorithm 1, step 2). Without
-        `masks` the network is in evaluation mode; with a mask source (advbp_cli.rng.DropoutMasks) dropout is
-        active with the masks of its step k and the rates of `step`."""
-
-    @abstractmethod
-    def hidden_activations(self, x: Any) -> list[np.ndarray]:
-        """The output of every hidden layer, for sparsity measurements."""
-
-
 def available_backends() -> list[str]:
     return list(_REGISTRY)
 
 
-def load_backend(name: str) -> type[Backend]:
+def register_backend(name: str, module: str) -> None:
+    """Registers the primitives module `module` (a dotted import path) as backend `name`."""
+    if name in _REGISTRY and _REGISTRY[name] != module:
+        raise ValueError(f"backend {name!r} is already registered as {_REGISTRY[name]}")
+    _REGISTRY[name] = module
+
+
+def unregister_backend(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def backend_module(name: str) -> ModuleType:
+    """The primitives module of backend `name`, imported now if it was not yet."""
     if name not in _REGISTRY:
         raise KeyError(name)
-    module = importlib.import_module(_REGISTRY[name])
-    return module.BACKEND
+    return importlib.import_module(_REGISTRY[name])
+
+
+def load_backend(name: str) -> Callable[..., Backend]:
+    """A constructor of backend `name`: load_backend("torch")(model, dtype="float32", device="auto", tf32=False)."""
+    return functools.partial(Backend, name, backend_module(name))

@@ -50,36 +50,28 @@ def main() -> None:
     data = split_of(raw, "validation", "validation", net.dtype)
     x, y, bs = data.x, data.y, args.batch_size
 
-    if net.name == "numpy":
-        from advbp_cli.backends.numpy import step
-        from advbp_cli.backends.numpy.losses import loss_and_grad
+    from advbp_cli.backends import step
 
-        def sync():
-            pass
-    else:
+    if net.name == "torch":
         import torch
-
-        from advbp_cli.backends.torch import step
-        from advbp_cli.backends.torch.losses import loss_and_grad
-
-        torch.set_grad_enabled(False)
 
         def sync():
             if net.device == "cuda":
                 torch.cuda.synchronize()
+    else:
+        def sync():
+            pass
 
     batches = [(net.asarray(x[s:s + bs]), net.asarray(y[s:s + bs], labels=True)) for s in range(0, len(x), bs)]
 
     def fwd_bwd():
         for xb, yb in batches:
-            inputs, logits = step.forward(net.params, xb, net.model.activation)
-            _, g = loss_and_grad(net.model.output, logits, yb)
-            step.backward(net.params, inputs, g, net.model.activation, want_param_grads=True, want_input_grad=False)
+            step.gradients(net.net, net.params, xb, yb)  # what a learning pass computes, without the update
         sync()
 
     def grad_only():
         for xb, yb in batches:
-            net.input_gradient(xb, yb)
+            net.sample_input_gradients(xb, yb)
         sync()
 
     def generate(with_errors: bool):

@@ -262,3 +262,73 @@ def read_set_arrays(path: Path) -> tuple[dict, dict]:
         arrays = {k: f[k] for k in f.files}
     manifest = json.loads(arrays.pop("manifest").tobytes().decode())
     return arrays, manifest
+
+
+# --- backends: every one against the numpy specification ------------------------------------------------------------
+def _other_backends() -> list[str]:
+    from advbp_cli.backends import available_backends
+
+    return [b for b in available_backends() if b != "numpy"] + ["wrapped"]
+
+
+@pytest.fixture(params=_other_backends())
+def other_backend(request):
+    """Each backend that must agree with the numpy specification: every registered one, and the tests' own
+    `wrapped` backend (tests/wrapped_backend.py: one module of primitives), registered for the test's duration."""
+    from advbp_cli.backends import register_backend, unregister_backend
+
+    if request.param != "wrapped":
+        yield request.param
+        return
+    register_backend("wrapped", "wrapped_backend")
+    try:
+        yield "wrapped"
+    finally:
+        unregister_backend("wrapped")
+
+
+class CountingOps:
+    """A backend's primitives module, counting the calls of each primitive (to show what a pass computes)."""
+
+    def __init__(self, module):
+        import collections
+
+        self._module = module
+        self.calls = collections.Counter()
+
+    def __getattr__(self, name):
+        f = getattr(self._module, name)
+        if not callable(f):
+            return f
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return f(*args, **kwargs)
+
+        return counted
+
+
+def assert_matches_central_difference(f, arr: np.ndarray, idx, analytic: float, h: float = 1e-6,
+                                      big_h: float = 1e-4) -> None:
+    """Checks d f / d arr[idx] (f() reads arr, float64) against the central difference (f(+h) - f(-h)) / 2h, with
+    a tolerance derived from the arithmetic, not tuned:
+    - rounding: f(+h) and f(-h) each carry a rounding error of about eps_mach |f| (the final rounding, and about as
+      much again from inside the pass: the two evaluations run the same operations on nearly the same numbers, so
+      most of the rest cancels), which the difference divides by 2h: 2 eps_mach |f| / h in all;
+    - truncation: h^2 |f'''| / 6, with f''' estimated from the same quotient at a step big_h = 100 h, whose
+      truncation is 10^4 times larger: FD(big_h) - FD(h) ~ (big_h^2 - h^2) f''' / 6, so the truncation at h is
+      (h / big_h)^2 |FD(big_h) - FD(h)|.
+    A wrong gradient entry is then caught down to about 2 eps_mach |f| / h (4.4e-10 |f| at h = 1e-6)."""
+    old = arr[idx]
+
+    def quotient(step):
+        arr[idx] = old + step
+        up = f()
+        arr[idx] = old - step
+        down = f()
+        arr[idx] = old
+        return (up - down) / (2 * step)
+
+    fd, fd_big = quotient(h), quotient(big_h)
+    tol = 2 * np.finfo(np.float64).eps * abs(f()) / h + (h / big_h) ** 2 * abs(fd_big - fd)
+    assert abs(analytic - fd) <= tol, f"gradient {analytic:.6e}, central difference {fd:.6e} (tolerance {tol:.2e})"

@@ -19,16 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from advbp_cli.backends import architecture, dropout_sites, load_backend, pool_geometry
-from advbp_cli.backends.numpy import layers as nl
-from advbp_cli.backends.numpy import losses as nlosses
-from advbp_cli.backends.numpy import step as nstep
-from advbp_cli.backends.torch import layers as tl
+from advbp_cli.backends import numpy as nl
+from advbp_cli.backends import step as nstep
+from advbp_cli.backends import torch as tl
+from advbp_cli.backends.network import scaled_masks
 from advbp_cli.checkpoint import expected_shapes
 from advbp_cli.config import ModelConfig, RunConfig, TrainConfig
 from advbp_cli.rng import DropoutMasks, init_from_shapes
 from advbp_cli.trainer import epoch_blocks
+from conftest import CountingOps, assert_matches_central_difference
 
 MODES = ["ceil", "pad1", "valid"]
+
+
+def np_masks(keep, sites):
+    return scaled_masks(nl, keep, sites, "float64", "cpu")
 
 
 def conv_model(mode="ceil", activation="relu", channels=(4, 5), hidden=(12, 7), shape=(3, 8, 8), output="softmax_ce",
@@ -117,19 +122,19 @@ def test_conv_and_pool_layers_agree_with_torch(mode):
     w = rng.normal(size=(5, 4, 5, 5))
     b = rng.normal(size=5)
     tx, tw, tb = (torch.tensor(a) for a in (x, w, b))
-    y = nl.conv2d_forward(x, w, b)
-    np.testing.assert_allclose(y, tl.conv2d_forward(tx, tw, tb).numpy(), rtol=0, atol=1e-12)
+    y = nl.conv2d(x, w, b)
+    np.testing.assert_allclose(y, tl.conv2d(tx, tw, tb).numpy(), rtol=0, atol=1e-12)
     g = rng.normal(size=y.shape)
-    np.testing.assert_allclose(nl.conv2d_backward_input(g, w), tl.conv2d_backward_input(torch.tensor(g), tw).numpy(),
+    np.testing.assert_allclose(nl.conv2d_grad_input(g, w), tl.conv2d_grad_input(torch.tensor(g), tw).numpy(),
                                atol=1e-12)
-    for a, bb in zip(nl.conv2d_backward_params(x, g, 5), tl.conv2d_backward_params(tx, torch.tensor(g), 5)):
+    for a, bb in zip(nl.conv2d_grad_params(x, g, 5), tl.conv2d_grad_params(tx, torch.tensor(g), 5)):
         np.testing.assert_allclose(a, bb.numpy(), atol=1e-12)
-    p, arg = nl.maxpool_forward(y, 3, 2, mode)
-    tp, targ = tl.maxpool_forward(torch.tensor(y), 3, 2, mode)
+    p, arg = nl.max_pool(y, 3, 2, mode)
+    tp, targ = tl.max_pool(torch.tensor(y), 3, 2, mode)
     np.testing.assert_array_equal(p, tp.numpy())
     gp = rng.normal(size=p.shape)
-    np.testing.assert_allclose(nl.maxpool_backward(gp, arg, y.shape, 3, 2, mode),
-                               tl.maxpool_backward(torch.tensor(gp), targ, y.shape, 3, 2, mode).numpy(), atol=1e-12)
+    np.testing.assert_allclose(nl.max_pool_grad(gp, arg, y.shape, 3, 2, mode),
+                               tl.max_pool_grad(torch.tensor(gp), targ, y.shape, 3, 2, mode).numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -145,12 +150,12 @@ def test_conv_and_pool_backward_match_autograd(mode):
     out = F.max_pool2d(torch.tanh(F.conv2d(tx, tw, tb, padding=2)), 3, 2, padding=lo, ceil_mode=mode == "ceil")
     gout = rng.normal(size=tuple(out.shape))
     out.backward(torch.tensor(gout))
-    r = nl.activation_forward("tanh", nl.conv2d_forward(x, w, b))
-    p, arg = nl.maxpool_forward(r, 3, 2, mode)
+    r = nl.tanh_(nl.conv2d(x, w, b))
+    p, arg = nl.max_pool(r, 3, 2, mode)
     np.testing.assert_allclose(p, out.detach().numpy(), atol=1e-12)
-    ga = nl.activation_backward("tanh", r, nl.maxpool_backward(gout, arg, r.shape, 3, 2, mode))
-    gw, gb = nl.conv2d_backward_params(x, ga, 5)
-    np.testing.assert_allclose(nl.conv2d_backward_input(ga, w), tx.grad.numpy(), atol=1e-12)
+    ga = nl.tanh_grad(r, nl.max_pool_grad(gout, arg, r.shape, 3, 2, mode))
+    gw, gb = nl.conv2d_grad_params(x, ga, 5)
+    np.testing.assert_allclose(nl.conv2d_grad_input(ga, w), tx.grad.numpy(), atol=1e-12)
     np.testing.assert_allclose(gw, tw.grad.numpy(), atol=1e-12)
     np.testing.assert_allclose(gb, tb.grad.numpy(), atol=1e-12)
 
@@ -194,20 +199,19 @@ def test_conv_net_backward_matches_autograd(activation, mode, dropout):
     if dropout:
         step = TrainConfig(dropout_input=0.1, dropout_conv=[0.25, 0.5], dropout_fc=0.5)
         sites = dropout_sites(architecture(model), step, len(x))
-        keep = DropoutMasks(0, 0).masks(0, sites)
-        masks = [nl.dropout_mask(k, r, np.float64) for k, (_, r) in zip(keep, sites)]
+        masks = np_masks(DropoutMasks(0, 0).masks(0, sites), sites)
     logits_ref, tp, tx = _reference_net(params, x, model, masks)
     loss = F.cross_entropy(logits_ref, torch.tensor(y))
     loss.backward()
-    tape, logits = nstep.forward(params, x, activation, arch=architecture(model), masks=masks)
-    per_sample, g = nlosses.loss_and_grad("softmax_ce", logits, y)
-    grads, e = nstep.backward(params, tape, g, activation, want_param_grads=True, want_input_grad=True)
+    net = nstep.make_net(nl, model)
+    per_sample, grads, e = nstep.gradients(net, params, x, y, masks)
     assert per_sample.mean() == pytest.approx(loss.item(), rel=1e-12)
     for (gw, gb), (tw, tb) in zip(grads, tp):
         np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-9, atol=1e-13)
         np.testing.assert_allclose(gb, tb.grad.numpy(), rtol=1e-9, atol=1e-13)
     np.testing.assert_allclose(e, tx.grad.numpy(), rtol=1e-9, atol=1e-13)
-    np.testing.assert_allclose(nstep.input_gradient(params, x, y, model, masks), tx.grad.numpy(), rtol=1e-9,
+    # the per-sample input gradient (row i: dJ_i/dx_i) is n times the batch mean's
+    np.testing.assert_allclose(nstep.input_gradient(net, params, x, y, masks), tx.grad.numpy() * len(x), rtol=1e-9,
                                atol=1e-13)
 
 
@@ -218,54 +222,36 @@ def test_conv_net_gradients_match_finite_differences():
     params = [(raw[w] * 30 + rng.normal(0, 0.3, raw[w].shape), rng.normal(0, 0.1, raw[b].shape))
               for w, b in architecture(model).layer_names()]
     x, y = data(4, seed=6)
-    arch = architecture(model)
+    net = nstep.make_net(nl, model)
 
-    def mean_loss(ps, xx):
-        return nlosses.loss_and_grad("softmax_ce", nstep.forward(ps, xx, "tanh", arch=arch)[1], y)[0].mean()
+    def mean_loss():
+        return net.loss(nl, nstep.forward(net, params, x)[1], y, want_grad=False)[0].mean()
 
-    tape, logits = nstep.forward(params, x, "tanh", arch=arch)
-    _, g = nlosses.loss_and_grad("softmax_ce", logits, y)
-    grads, e = nstep.backward(params, tape, g, "tanh", want_param_grads=True, want_input_grad=True)
-    h = 1e-6
-    # The central difference (L(p+h) - L(p-h)) / 2h carries the rounding error of the two loss evaluations, divided
-    # by 2h. Each evaluation is a chain of dot products (one per layer, as long as its fan-in), a log-sum-exp over the
-    # classes and a mean over the batch; with unit roundoff u and n the total length of that chain, each loss is
-    # accurate to about n u |L| (Higham's gamma_n, no cancellation assumed), so the quotient to n u |L| / h. The
-    # truncation error (h^2 / 6 times the third derivative) is ~1e-12 here, far below it; rel 1e-5 covers the rest.
-    fan_in = sum(int(np.prod(s[1:])) if n.startswith("conv") else s[0]
-                 for n, s in arch.param_shapes().items() if n.endswith("weight"))
-    n_chain = fan_in + model.num_classes + len(x)
-    rounding = n_chain * np.finfo(np.float64).eps / 2 * abs(float(mean_loss(params, x))) / h
+    _, grads, e = nstep.gradients(net, params, x, y)
     for li in (0, 1, 2):
         w = params[li][0]
         for k in range(0, w.size, max(1, w.size // 5)):
             idx = np.unravel_index(k, w.shape)
-            old = w[idx]
-            w[idx] = old + h
-            up = mean_loss(params, x)
-            w[idx] = old - h
-            down = mean_loss(params, x)
-            w[idx] = old
-            assert grads[li][0][idx] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=rounding)
+            assert_matches_central_difference(mean_loss, w, idx, grads[li][0][idx])
     for idx in [(0, 0), (1, 77), (3, 191)]:
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        assert e[idx] == pytest.approx((mean_loss(params, xp) - mean_loss(params, xm)) / (2 * h), rel=1e-5, abs=rounding)
+        assert_matches_central_difference(mean_loss, x, idx, e[idx])
 
 
-def test_input_gradient_pass_computes_no_weight_gradients_in_a_conv_net(monkeypatch):
+def test_input_gradient_pass_computes_no_weight_gradients_in_a_conv_net():
     model = conv_model()
     params = [(w.copy(), b.copy()) for w, b in nstep_params(model)]
     x, y = data(5)
-    calls = []
-    for name in ("linear_backward_params", "conv2d_backward_params"):
-        real = getattr(nstep, name)
-        monkeypatch.setattr(nstep, name, lambda *a, _r=real: calls.append(1) or _r(*a))
-    nstep.input_gradient(params, x, y, model)
-    assert calls == []
-    nstep.train_step(params, x, y, model, TrainConfig(method="adversarial", eps=0.1, lr=0.1))
-    assert len(calls) == len(params)  # only the pass on z computes weight gradients
+    ops = CountingOps(nl)
+    net = nstep.make_net(ops, model)
+
+    def weight_gradients():
+        return ops.calls["matmul_tn"] + ops.calls["sub_matmul_tn_"] + ops.calls["conv2d_grad_params"]
+
+    nstep.input_gradient(net, params, x, y)
+    assert weight_gradients() == 0 and ops.calls["conv2d_grad_input"] == 2
+    nstep.train_step(net, nstep.make_plan(TrainConfig(method="adversarial", eps=0.1, lr=0.1)), params, x, y,
+                     velocity=[None] * len(params))
+    assert weight_gradients() == len(params)  # only the pass on z computes weight gradients
 
 
 def nstep_params(model, seed=0):
@@ -285,7 +271,7 @@ def test_dropout_masks_rate_scaling_and_keys():
         if rate:
             assert ka.shape == shape and ka.dtype == np.bool_ and np.array_equal(ka, kb)
             assert abs(ka.mean() - (1 - rate)) < 0.01
-            m = nl.dropout_mask(ka, rate, np.float64)
+            m = np_masks([ka], [(shape, rate)])[0]
             assert set(np.unique(m)) <= {0.0, 1 / (1 - rate)}  # inverted dropout: mean 1 at training time
     other = DropoutMasks(7, 3, 10).masks(3, sites)  # another epoch
     assert not np.array_equal(a[0], other[0])
@@ -298,7 +284,7 @@ def test_evaluation_uses_no_dropout():
     for name in ("numpy", "torch"):
         net = load_backend(name)(model, dtype="float64", device="cpu")
         net.set_params(fresh(model))
-        ref = np.asarray(nstep.forward(nstep_params(model), x, "relu", arch=architecture(model))[1])
+        ref = nstep.forward(nstep.make_net(nl, model), nstep_params(model), x)[1]
         np.testing.assert_allclose(net.logits(net.asarray(x)), ref, atol=1e-12)
         with pytest.raises(ValueError, match="mask source"):
             net.train_steps(net.asarray(x), net.asarray(y, labels=True), np.arange(8)[None], step)
@@ -312,19 +298,19 @@ def test_adversarial_step_with_dropout_is_algorithm_1_with_the_chosen_masks(adv_
     spec = TrainConfig(method="adversarial", eps=0.05, lr=0.1, dropout_input=0.1, dropout_conv=0.25, dropout_fc=0.5,
                        adv_dropout=adv_dropout)
     sites = dropout_sites(architecture(model), spec, len(x))
-    masks = [None if k is None else nl.dropout_mask(k, r, np.float64)
-             for k, (_, r) in zip(DropoutMasks(0, 0).masks(0, sites), sites)]
+    masks = np_masks(DropoutMasks(0, 0).masks(0, sites), sites)
+    net, plan = nstep.make_net(nl, model), nstep.make_plan(spec)
     got = nstep_params(model)
-    nstep.train_step(got, x, y, model, spec, masks, [None] * len(got))
+    nstep.train_step(net, plan, got, x, y, masks, [None] * len(got))
     want = nstep_params(model)
-    e = nstep.input_gradient(want, x, y, model, masks if adv_dropout == "same" else None)
-    z = nstep.fgsm_perturb(x, e, spec.eps, None)
-    nstep.learn_from(want, z, y, model, spec, masks, [None] * len(want))
+    e = nstep.input_gradient(net, want, x, y, masks if adv_dropout == "same" else None)
+    z = nstep.fgsm_perturb(nl, x, e, spec.eps, None)
+    nstep.learn_from(net, plan, want, z, y, masks, [None] * len(want))
     for (a, b), (c, d) in zip(got, want):
         assert np.array_equal(a, c) and np.array_equal(b, d)
     other = nstep_params(model)
     flipped = spec.model_copy(update={"adv_dropout": "off" if adv_dropout == "same" else "same"})
-    nstep.train_step(other, x, y, model, flipped, masks, [None] * len(other))
+    nstep.train_step(net, nstep.make_plan(flipped), other, x, y, masks, [None] * len(other))
     assert max(np.abs(a - c).max() for (a, _), (c, _) in zip(got, other)) > 1e-8  # the option matters
 
 
@@ -346,14 +332,14 @@ SPECS = {
 
 
 @pytest.mark.parametrize("case", list(SPECS))
-def test_numpy_and_torch_agree_step_by_step(case):
+def test_every_backend_agrees_with_numpy_step_by_step(case, other_backend):
     margs, targs = SPECS[case]
     model = conv_model(**margs) if margs is not None else ModelConfig(input_size=192, hidden=[40, 30],
                                                                        output="softmax_ce", init_std=0.1)
     spec = TrainConfig(**targs)
     x, y = data(100)
     nets = {}
-    for name in ("numpy", "torch"):
+    for name in ("numpy", other_backend):
         nets[name] = load_backend(name)(model, dtype="float64", device="cpu")
         nets[name].set_params(fresh(model))
     block = next(epoch_blocks(0, 0, len(x), 5))
@@ -364,7 +350,7 @@ def test_numpy_and_torch_agree_step_by_step(case):
             loss = net.train_steps(net.asarray(x), net.asarray(y, labels=True), block[k : k + 1], spec,
                                    masks=DropoutMasks(0, 0, k), errors=errors)
             out[name] = (net.get_params(), loss, errors, net.get_optimizer_state())
-        (pn, ln, en, vn), (pt, lt, et, vt) = out["numpy"], out["torch"]
+        (pn, ln, en, vn), (pt, lt, et, vt) = out["numpy"], out[other_backend]
         assert max_diff(pn, pt) < 1e-9, f"step {k + 1}"
         assert abs(ln[0] - lt[0]) < 1e-9 and en[0] == et[0]
         if spec.momentum:
@@ -433,8 +419,8 @@ def test_optimizer_is_torch_sgd_with_weight_decay_on_weights_only(momentum, damp
         gw, gb = rng.normal(size=w0.shape), rng.normal(size=b0.shape)
         tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
         opt.step()
-        nstep.optimizer_update(params, [(gw, gb)], TrainConfig(lr=lr, momentum=momentum, dampening=dampening,
-                                                                weight_decay=wd), velocity)
+        nstep.optimizer_update(nl, nstep.make_plan(TrainConfig(lr=lr, momentum=momentum, dampening=dampening,
+                                                               weight_decay=wd)), params, 0, gw, gb, velocity)
         np.testing.assert_allclose(params[0][0], tw.detach().numpy(), rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(params[0][1], tb.detach().numpy(), rtol=1e-13, atol=1e-13)
 
@@ -443,8 +429,8 @@ def test_weight_decay_leaves_biases_alone_and_max_norm_caps_each_unit():
     w = np.array([[3.0, 0.1], [4.0, 0.1]])  # column norms 5 and ~0.14
     b = np.array([1.0, 2.0])
     params = [(w, b)]
-    nstep.optimizer_update(params, [(np.zeros_like(w), np.zeros_like(b))],
-                           TrainConfig(lr=0.5, weight_decay=0.1, max_norm=2.0), [None])
+    nstep.optimizer_update(nl, nstep.make_plan(TrainConfig(lr=0.5, weight_decay=0.1, max_norm=2.0)), params, 0,
+                           np.zeros_like(w), np.zeros_like(b), [None])
     assert np.array_equal(b, [1.0, 2.0])
     np.testing.assert_allclose(w[:, 0], np.array([3.0, 4.0]) * 0.95 * 2.0 / (5 * 0.95))  # decayed, then capped at 2
     np.testing.assert_allclose(w[:, 1], np.array([0.1, 0.1]) * 0.95)  # decayed only

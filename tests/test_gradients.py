@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from advbp_cli.backends.numpy import losses, step
-from conftest import fresh, small_model
+from advbp_cli.backends import numpy as npo
+from advbp_cli.backends import step
+from conftest import CountingOps, assert_matches_central_difference, fresh, small_model
 
 ACTIVATIONS = ["logistic", "tanh", "relu"]
 OUTPUTS = ["sigmoid_bce", "softmax_ce"]
@@ -27,34 +28,21 @@ def _problem(activation, output, seed=0, n=4, d=6):
 
 
 def _mean_loss(params, x, y, model):
-    _, logits = step.forward(params, x, model.activation)
-    return losses.loss_and_grad(model.output, logits, y)[0].mean()
+    net = step.make_net(npo, model)
+    return net.loss(npo, step.forward(net, params, x)[1], y, want_grad=False)[0].mean()
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_weight_and_input_gradients_match_finite_differences(activation, output):
     model, params, x, y = _problem(activation, output)
-    layer_inputs, logits = step.forward(params, x, model.activation)
-    _, g = losses.loss_and_grad(model.output, logits, y)
-    grads, e = step.backward(params, layer_inputs, g, model.activation, want_param_grads=True, want_input_grad=True)
-    h = 1e-6
+    _, grads, e = step.gradients(step.make_net(npo, model), params, x, y)
     for li, (w, b) in enumerate(params):
         for arr, grad in ((w, grads[li][0]), (b, grads[li][1])):
             for idx in [tuple(np.unravel_index(k, arr.shape)) for k in range(0, arr.size, max(1, arr.size // 7))]:
-                old = arr[idx]
-                arr[idx] = old + h
-                up = _mean_loss(params, x, y, model)
-                arr[idx] = old - h
-                down = _mean_loss(params, x, y, model)
-                arr[idx] = old
-                assert grad[idx] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-8)
+                assert_matches_central_difference(lambda: _mean_loss(params, x, y, model), arr, idx, grad[idx])
     for idx in [(0, 0), (1, 3), (3, 5)]:
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        fd = (_mean_loss(params, xp, y, model) - _mean_loss(params, xm, y, model)) / (2 * h)
-        assert e[idx] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+        assert_matches_central_difference(lambda: _mean_loss(params, x, y, model), x, idx, e[idx])
 
 
 def _torch_reference(params, x, y, model):
@@ -82,26 +70,31 @@ def _torch_reference(params, x, y, model):
 def test_backward_matches_torch_autograd(activation, output):
     model, params, x, y = _problem(activation, output, seed=3)
     ref_loss, ref_grads, ref_e = _torch_reference(params, x, y, model)
-    layer_inputs, logits = step.forward(params, x, model.activation)
-    per_sample, g = losses.loss_and_grad(model.output, logits, y)
-    grads, e = step.backward(params, layer_inputs, g, model.activation, want_param_grads=True, want_input_grad=True)
+    net = step.make_net(npo, model)
+    per_sample, grads, e = step.gradients(net, params, x, y)
     assert per_sample.mean() == pytest.approx(ref_loss, rel=1e-12)
     for (gw, gb), (rw, rb) in zip(grads, ref_grads):
         np.testing.assert_allclose(gw, rw, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(gb, rb, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(e, ref_e, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(step.input_gradient(params, x, y, model), ref_e, rtol=1e-10, atol=1e-14)
+    # the per-sample input gradient is the batch mean's times n: row i is dJ_i/dx_i
+    np.testing.assert_allclose(step.input_gradient(net, params, x, y), ref_e * len(x), rtol=1e-10, atol=1e-14)
 
 
-def test_input_gradient_pass_computes_no_weight_gradients(monkeypatch):
+def test_input_gradient_pass_computes_no_weight_gradients():
     """Algorithm 1's step 2 needs only dJ/dx: the outer products of the weight gradients are skipped."""
-    model, params, x, y = _problem("relu", "sigmoid_bce")
-    calls = []
-    real = step.linear_backward_params
-    monkeypatch.setattr(step, "linear_backward_params", lambda *a: calls.append(1) or real(*a))
-    step.input_gradient(params, x, y, model)
-    assert calls == []
     from conftest import step_spec
 
-    step.train_step(params, x, y, model, step_spec(method="adversarial", eps=0.1, lr=0.1))
-    assert len(calls) == len(params)  # only the pass on z computes weight gradients
+    model, params, x, y = _problem("relu", "sigmoid_bce")
+    ops = CountingOps(npo)
+    net = step.make_net(ops, model)
+    def weight_gradients():  # the general update's and plain SGD's fused one
+        return ops.calls["matmul_tn"] + ops.calls["sub_matmul_tn_"]
+
+    step.input_gradient(net, params, x, y)
+    assert weight_gradients() == 0 and ops.calls["linear_grad_input"] == len(params)
+    for spec in (step_spec(method="adversarial", eps=0.1, lr=0.1),
+                 step_spec(method="adversarial", eps=0.1, lr=0.1, momentum=0.9)):
+        before = weight_gradients()
+        step.train_step(net, step.make_plan(spec), params, x, y, velocity=[None] * len(params))
+        assert weight_gradients() - before == len(params)  # only the pass on z computes weight gradients

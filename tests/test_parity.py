@@ -1,5 +1,5 @@
-"""The numpy backend is the specification: the torch backend (CPU here; CUDA in tests marked gpu) must
-produce the same weights from the same seed, init and batch order."""
+"""The numpy backend is the specification: every other backend (torch on the CPU here, CUDA in tests marked gpu,
+and the tests' own `wrapped` backend) must produce the same weights from the same seed, init and batch order."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("activation,output,spec", CASES)
-def test_numpy_and_torch_cpu_agree_for_50_steps_on_mnist(mnist_subset, activation, output, spec):
+def test_every_backend_agrees_with_numpy_for_50_steps_on_mnist(mnist_subset, other_backend, activation, output, spec):
     x, y = mnist_subset
     model = small_model(hidden=(400, 400), activation=activation, output=output)
     spec = step_spec(**spec)
     p64n, l64n = _train("numpy", model, spec, x, y, "float64")
-    p64t, l64t = _train("torch", model, spec, x, y, "float64")
+    p64t, l64t = _train(other_backend, model, spec, x, y, "float64")
     assert max_abs_diff(p64n, p64t) < 1e-9
     np.testing.assert_allclose(l64n, l64t, rtol=1e-9)
     assert max_abs_diff(p64n, fresh(model)) > 1e-4  # the steps did something
@@ -80,7 +80,7 @@ def test_native_float32_agrees_until_a_sign_of_e_falls_in_rounding_noise(mnist_s
     for k in range(50):
         es = []
         for net in nets.values():
-            es.append(np.asarray(net.input_gradient(net.asarray(x[block[k]]), net.asarray(y[block[k]], labels=True))))
+            es.append(net.sample_input_gradients(net.asarray(x[block[k]]), net.asarray(y[block[k]], labels=True)))
             net.train_steps(net.asarray(x), net.asarray(y, labels=True), block[k : k + 1], spec)
         disagree = np.sign(es[0]) != np.sign(es[1])
         if disagree.any() and not flipped:  # the first flip: at a component lost in float32 rounding

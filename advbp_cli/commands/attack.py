@@ -57,8 +57,9 @@ from .common import apply_command_threads, backend_options, data_dir_option, emi
               help="Objective whose input gradient is used: the source network's own training objective (model), "
                    "or another one on the same logits.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples per input-gradient computation (the signs do not depend on it, up to float rounding "
-                   "of gradient components that are zero but for rounding).")
+              help="Samples per input-gradient computation: memory only. Each sample's gradient is its own (no "
+                   "batch mean), so the signs do not depend on it, except a component within float rounding of "
+                   "zero, whose sign can follow the matmul's summation order.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @click.option("--model-mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
               help="eval: dropout off, as for evaluation; train: dropout active as in training (masks from the "

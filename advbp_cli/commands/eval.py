@@ -11,7 +11,7 @@ import click
 from ..data.paths import explained, resolve_data_dir
 from ..data.splits import load_raw, preprocessor_for, split_of
 from ..errors import UsageProblem, os_problem
-from ..evaluate import check_finite, evaluate_arrays, hidden_sparsity
+from ..evaluate import check_finite, evaluate_arrays
 from ..networks import load_network
 from ..cliparams import FINITE_PERCENT
 from .common import apply_command_threads, backend_options, data_dir_option, emit_json, explain_stray_values, json_option, no_download_option, threads_option
@@ -36,7 +36,8 @@ UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percen
               help="Clip white-box FGSM inputs to the pixel range [0, 1] as each model's preprocessing maps it "
                    "(as `advbp attack --clip`). Default: clip, except ZCA models, which are left unclipped.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples per input-gradient computation for --fgsm-eps.")
+              help="Samples per input-gradient computation for --fgsm-eps: memory only (each sample's gradient is "
+                   "its own, so the signs do not depend on it, as in `advbp attack`).")
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
               help="Save the robustness curve (error per model, attack and eps) as .csv or .json.")
 @backend_options
@@ -118,7 +119,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
         # In a validation-mode run, `train` means the 50k the network was trained on.
         # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
         data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, prep)
-        ev = check_finite(evaluate_arrays(net, data.x, data.y), f"{src} on {name}")
+        ev = check_finite(evaluate_arrays(net, data.x, data.y, sparsity=True), f"{src} on {name}")  # one forward pass
         result = {
             "source": str(src),
             "checkpoint": str(ckpt),
@@ -127,7 +128,7 @@ def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size
             "n": ev.n,
             "error": ev.error,
             "loss": ev.loss,
-            "hidden_zero_percent": [100 * z for z in hidden_sparsity(net, data.x)],
+            "hidden_zero_percent": [100 * z for z in ev.hidden_zero_fraction],
             "units": UNITS,
             "backend": net.name,
             "device": net.device,
