@@ -56,14 +56,16 @@ def show_cmd(name, as_json):
     gaps = preset_files.paper_gaps()
     resolved = cfg.model_dump(mode="json")
     if as_json:
-        emit_json({"name": name, "description": p.get("description"), "paper": p.get("paper"), "config": resolved,
-                   "paper_silent": gaps})
+        emit_json({"name": name, "description": p.get("description"), "note": p.get("note"), "paper": p.get("paper"),
+                   "config": resolved, "paper_silent": gaps})
         return
     click.echo(f"{name}: {p.get('description', '')}")
     paper = p.get("paper")
     if paper:
         std = f" ± {paper['std']}" if paper.get("std") is not None else ""
         click.echo(f"paper: {paper['error']}%{std} ({paper.get('source', '')})")
+    if p.get("note"):
+        click.echo(f"note: {' '.join(p['note'].split())}")
     for section, values in resolved.items():
         if isinstance(values, dict):
             click.echo(f"[{section}]")
