@@ -462,6 +462,7 @@ def draw_sweep_bars(bars: list[Bar], eval_split: str):
             ax.annotate("no paper\nvalue", (x[i] + width / 2, 0), textcoords="offset points", xytext=(0, 3),
                         ha="center", fontsize="x-small", color="gray")
     ax.set_xticks(x, [b.label for b in bars], rotation=30, ha="right", fontsize="small")
+    ax.set_xlim(x[0] - 0.6, x[-1] + 0.6)  # room for every preset's paper slot, even when its bar is missing
     ax.set_ylabel("error (%)")
     ax.set_title(fit_text(fig, "Mean error of the last epochs per preset", fig.bbox.width - 20))
     ax.grid(True, axis="y", alpha=0.3)

@@ -201,6 +201,10 @@ def test_sweep_legend_covers_no_bar_and_every_text_fits():
     for patch in ax.patches:
         assert not legend.overlaps(patch.get_window_extent(r))
     assert texts_outside_figure(fig) == []
+    # the "no paper value" note of the last preset lies inside the axes, where it is drawn (not clipped away)
+    (note,) = [t for t in ax.texts if t.get_text().startswith("no paper")]
+    box = note.get_window_extent(r)
+    assert ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1
 
 
 def test_figures_write_pngs_of_the_size_they_report(tmp_path):
