@@ -11,8 +11,8 @@ images p = 0.112 and E_MAX = 80 % is 200 correct answers: 9 standard deviations 
 a probability of about 5e-16. After these steps the smoke presets reach 64.1 % (MLP back-prop), 66.6 % (MLP
 adversarial), 67.8 % (CONV back-prop) and 68.8 % (CONV adversarial) here, a margin of 11 points or more; a
 network left at chance fails it (the CONV smoke preset with the paper's N(0, 0.01^2) weights:
-`advbp train --preset cifar10-smoke-conv-adv --init-std 0.01` ends both epochs at 89.7 % training and 90.3 %
-test error). About 80 s of CPU time in all (one thread, as tests/conftest.py sets).
+`advbp train --preset cifar10-smoke-conv-adv --init-std 0.01` ends its two epochs at 89.8 and 89.7 % training,
+89.2 and 90.3 % test error). About 80 s of CPU time in all (one thread, as tests/conftest.py sets).
 """
 
 from __future__ import annotations
