@@ -101,3 +101,28 @@ def test_the_paper_initialisation_leaves_the_small_conv_network_under_weight_dec
     assert len(paper) == 6  # three conv layers, two hidden fully connected layers, the output layer
     assert (paper < 1).all(), paper
     assert (smoke > 5).all(), smoke
+
+
+SMOKE = ["cifar10-smoke-mlp-backprop", "cifar10-smoke-mlp-adv", "cifar10-smoke-conv-backprop", "cifar10-smoke-conv-adv"]
+
+
+def test_smoke_presets_are_a_group_with_a_note_and_no_paper_number():
+    from advbp_cli import presets
+
+    assert presets.groups()["cifar10-smoke"]["presets"] == SMOKE
+    for name in SMOKE:
+        p = presets.load_preset(name)
+        assert "paper" not in p and "not a row of the paper" in p["note"]
+        assert "note" not in presets.config_values(p)  # descriptive, not config
+        shown = run_cli(["presets", "show", name, "--json"])
+        assert shown.exit_code == 0, shown.stderr
+        assert json.loads(shown.stdout)["note"] == p["note"] and json.loads(shown.stdout)["paper"] is None
+        text = run_cli(["presets", "show", name]).stdout
+        assert "note: A smoke run, not a row of the paper" in text and "\npaper:" not in text
+
+
+def test_presets_show_of_a_cifar_preset_says_its_output_is_softmax():
+    shown = json.loads(run_cli(["presets", "show", "cifar10-conv-adv-simple", "--json"]).stdout)
+    assert shown["config"]["model"]["output"] == "softmax_ce"
+    note = shown["paper_silent"]["model.output"]
+    assert "CIFAR-10" in note and "softmax_ce" in note  # not only the MNIST reading (per-unit BCE)
