@@ -81,14 +81,16 @@ def show_cmd(name, show_all, as_json):
     hidden = [f"{sec}.{k}" for sec, values in resolved.items() if isinstance(values, dict)
               for k in values if k not in shown[sec]]
     if as_json:
-        emit_json({"name": name, "description": p.get("description"), "paper": p.get("paper"), "config": resolved,
-                   "not_applicable": hidden, "paper_silent": gaps})
+        emit_json({"name": name, "description": p.get("description"), "note": p.get("note"), "paper": p.get("paper"),
+                   "config": resolved, "not_applicable": hidden, "paper_silent": gaps})
         return
     click.echo(f"{name}: {p.get('description', '')}")
     paper = p.get("paper")
     if paper:
         std = f" ± {paper['std']}" if paper.get("std") is not None else ""
         click.echo(f"paper: {paper['error']}{std} % ({paper.get('source', '')})")
+    if p.get("note"):
+        click.echo(f"note: {' '.join(p['note'].split())}")
     for section, values in shown.items():
         click.echo(f"[{section}]")
         for k, v in values.items():
