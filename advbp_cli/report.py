@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__, outdir
 from .config import RunConfig
+from .data.registry import get_dataset
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
 from .files import write_json_atomic, write_text_atomic
@@ -222,10 +223,6 @@ def hidden_activations(net, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
 
 
-# (C, H, W) of a flat input of each data set, channels in the order the flat vector holds them
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
 def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
     """(weights (C*H*W, units), tile shape (C, H, W), "units" | "conv filters", parameter name) of Figure 2: an
     MLP's first fully connected layer, one image-shaped tile per hidden unit; a conv net's first conv layer, one
@@ -237,7 +234,7 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
         weights, shape, kind, name = w.reshape(out, c * kh * kw).T, (c, kh, kw), "conv filters", "conv.0.weight"
     else:
         weights = np.asarray(params["layers.0.weight"])  # (fan_in, hidden)
-        shape = cfg.model.input_shape or IMAGE_SHAPES.get(cfg.data.dataset)
+        shape = cfg.model.input_shape or get_dataset(cfg.data.dataset).image_shape
         kind, name = "units", "layers.0.weight"
         if shape is None or int(np.prod(shape)) != weights.shape[0]:
             side = int(round(weights.shape[0] ** 0.5))
