@@ -13,20 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, outdir
+from . import __version__, figures, outdir, presets
 from .config import RunConfig
+from .data.paths import explained, resolve_data_dir
 from .data.registry import get_dataset
+from .data.splits import load_raw, preprocessor_for, split_of
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
 from .files import write_json_atomic, write_text_atomic
+from .networks import load_network
 from .rundir import CHECKPOINT, CONFIG, RunDir
-
-if TYPE_CHECKING:
-    from . import figures
 
 FORMATS = ("png", "svg")
 NAMES = {
@@ -136,8 +135,6 @@ def _paper_value(cfg: RunConfig, summary: dict | None) -> dict | None:
     if summary and summary.get("paper"):
         return summary["paper"]
     if cfg.preset:
-        from . import presets
-
         if cfg.preset in presets.preset_names():
             return presets.load_preset(cfg.preset).get("paper")
     return None
@@ -250,9 +247,6 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
 def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: str | None, device: str | None,
                  data_dir=None, log=print) -> list[Panel]:
     from . import figures
-    from .data.splits import preprocessor_for, split_of
-    from .networks import load_network
-
     panels = []
     preps: dict = {}
     for g in groups:
@@ -276,15 +270,13 @@ def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: st
 
 
 def curve_of(group: Group):
-    from .figures import Curve
-
     n = min(r.epochs for r in group.runs)  # seeds are averaged over the epochs all of them have completed
     epochs = np.array([m["epoch"] for m in group.runs[0].metrics[:n]])
     ev = np.array([[m["eval_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float)
     has_train = all("train_error" in m for r in group.runs for m in r.metrics[:n])
     tr = np.array([[m["train_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float) if has_train else None
     many = len(group.runs) > 1
-    return Curve(
+    return figures.Curve(
         label=group.label,
         eval_split=group.runs[0].cfg.data.eval_split,
         epochs=epochs,
@@ -304,14 +296,12 @@ def bar_runs(group: Group) -> tuple[list[RunInfo], bool]:
 
 
 def bar_of(group: Group):
-    from .figures import Bar
-
     runs, partial = bar_runs(group)
     values = np.array([r.headline for r in runs])
     paper = group.runs[0].paper or {}
     # sample std (ddof=1) over seeds, as `advbp sweep`'s summary; none for a single seed
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
+    return figures.Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
                paper.get("error"), paper.get("std"))
 
 
@@ -332,9 +322,6 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    from .data.paths import explained, resolve_data_dir
-    from .data.splits import load_raw
-
     data_path, origin = resolve_data_dir(data_dir, runs=[r.path for g in groups for r in g.runs])
     datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
     with explained(data_path, origin):
@@ -358,8 +345,6 @@ def _split_desc(panels: list[Panel], limit: int | None) -> str:
 
 
 def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
-    from . import figures
-
     out.mkdir(parents=True, exist_ok=True)
     groups, panels = report.groups, report.panels
     sweep_groups = [g for g in groups if g.sweep is not None]

@@ -28,11 +28,15 @@ from typing import Callable
 
 from . import outdir
 from . import presets as preset_files
+from .checkpoint import read_checkpoint
 from .config import RunConfig, build_config, deep_merge, option_name
-from .errors import TrainingDiverged, UsageProblem, os_problem
+from .errors import Interrupted, TrainingDiverged, UsageProblem, os_problem
 from .files import write_json_atomic, write_text_atomic
 from .protocol import paper_protocol
+from .provenance import provenance
 from .rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
+from .threads import resolve_threads
+from .trainer import train
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_JSON = "summary.json"
@@ -205,9 +209,6 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
     again. Takes only plain values and locks its own run directory, so runs can be executed in any order and
     in separate processes. TrainingDiverged is returned as status "diverged", not raised. `workers` runs share
     `cpus` CPUs (default: all usable ones): the run's thread count is its share (advbp_cli.threads)."""
-    from .threads import resolve_threads
-    from .trainer import Interrupted, train
-
     cfg = run_config(preset, seed, overrides)
     rel = run_relpath(preset, seed)
     run = RunDir(Path(sweep_dir) / rel)
@@ -242,8 +243,6 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
 
 
 def _checkpoint_epoch(run: RunDir) -> int:
-    from .checkpoint import read_checkpoint
-
     _, meta = read_checkpoint(run.checkpoint_path)
     return int(meta.get("epoch", 0))
 
@@ -514,8 +513,6 @@ def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | No
 
 
 def record_request(sweep_dir: Path, request: SweepRequest) -> None:
-    from .provenance import provenance
-
     path = sweep_dir / SWEEP_FILE
     previous = json.loads(path.read_text()) if path.is_file() else None
     record = {
@@ -536,8 +533,8 @@ Executor = Callable[[Path, SweepRequest, Path, SweepEvents], list[RunOutcome]]
 def serial_executor(sweep_dir: Path, request: SweepRequest, data_dir: Path, ev: SweepEvents) -> list[RunOutcome]:
     """Every (preset, seed) of the request, one after another in this process, in the request's order.
 
-    Seeds of a preset run one after another here; training them together in one batched backend call is the
-    performance issue's job (the backend API already holds S networks)."""
+    The local executor (advbp_cli.parallel) uses it when one worker is enough (--workers 1, a single run left,
+    runs on a GPU); otherwise it trains several runs at once in worker processes, through the same `run_one`."""
     outcomes = []
     for preset, seed in request.runs():
         ev.run_start(preset, seed, 0)

@@ -6,23 +6,40 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from . import presets
 from .backends import architecture, uses_dropout
-from .checkpoint import (check_params, check_same_record, differing_fields, read_checkpoint, save_checkpoint,
-                         split_optimizer_state)
+from .checkpoint import (
+    check_params,
+    check_same_record,
+    differing_fields,
+    flat_fields,
+    read_checkpoint,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from .config import RunConfig
 from .data import load_splits
-from .errors import TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
+from .errors import (
+    Interrupted,
+    TrainingDiverged,
+    UsageProblem,
+    is_out_of_memory,
+    os_problem,
+)
 from .evaluate import evaluate_arrays, mean_last_epochs
 from .networks import build_backend, fresh_params
+from .protocol import paper_protocol
 from .provenance import provenance
 from .rng import DropoutMasks, epoch_permutation
 from .rundir import METRICS_DIGEST, RunDir
@@ -31,12 +48,6 @@ from .threads import ThreadChoice, apply_threads, threads_in_effect
 
 STEPS_PER_BLOCK = 500  # the largest block of steps handed to a backend; progress and NaN checks happen between blocks
 BLOCK_SECONDS = 0.5  # blocks grow from one step towards this duration, so progress shows from an epoch's first batch
-
-
-class Interrupted(Exception):
-    """Ctrl-C during training; the last completed epoch is on disk."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -174,8 +185,6 @@ def _saved_text(run: RunDir, saved: int) -> str:
 
 
 def _memory_message(cfg: RunConfig, run: RunDir, saved: int) -> str:
-    from .backends import architecture
-
     n = sum(int(np.prod(s)) for s in architecture(cfg.model).param_shapes().values())
     gib = n * np.dtype(cfg.runtime.dtype).itemsize / 2**30
     layers = "--hidden" + (" or --conv-channels" if cfg.model.arch == "conv" else "")
@@ -338,11 +347,6 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
 def _resume_note(old: dict, new: dict) -> dict:
     """A resume event for config.json: when, the command, and what changed that may change (checkpoint.MAY_CHANGE:
     --epochs, --backend, --device, ...), each as [before, after]; the resolved backend and device likewise."""
-    import sys
-    from datetime import datetime, timezone
-
-    from .checkpoint import flat_fields
-
     before, after = old.get("config") or {}, new["config"]
     changed = {k: [flat_fields(before).get(k), flat_fields(after).get(k)]
                for k in differing_fields(before, after, identity=False)}
@@ -355,9 +359,6 @@ def _resume_note(old: dict, new: dict) -> dict:
 def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float, stop_reason: str | None = None) -> dict:
     """The run's summary.json. `headline.paper_protocol` says whether the run follows the paper's protocol for its
     preset (advbp_cli.protocol): only then is the headline comparable with `paper`, the preset's reported number."""
-    from . import presets
-    from .protocol import paper_protocol
-
     n = cfg.train.mean_last
     paper = None
     if cfg.preset and cfg.preset in presets.preset_names():

@@ -15,10 +15,17 @@ from ..data.paths import explained, resolve_data_dir
 from ..data.splits import ensure_dataset
 from ..errors import TrainingDiverged, UsageProblem
 from ..networks import require_device
-from .common import WorkersParam, data_dir_option, emit_json, json_option, no_download_option
+from ..trainer import Reporter
+from .common import (
+    WorkersParam,
+    data_dir_option,
+    emit_json,
+    json_option,
+    no_download_option,
+)
+from .config_options import ConfigOverrides, SectionedCommand, config_options
 from .progress import RunProgress, clock_text
 from .tables import is_plain, plain_option, print_table
-from .config_options import ConfigOverrides, SectionedCommand, config_options
 
 # Config fields a sweep sets itself, so they are not options of `advbp sweep`.
 EXCLUDED = {("runtime", "seed"): "a sweep's seeds are 0..N-1 (--seeds N)"}
@@ -168,8 +175,6 @@ class LiveTable:
 
     def events(self) -> sw.SweepEvents:
         def reporter_for(preset, seed):
-            from ..trainer import Reporter
-
             row = self.rows[preset]
             progress = RunProgress(self.clock)
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
 
 from .. import presets
 from ..config import RunConfig, build_config, option_name
-from ..data.splits import ensure_dataset
 from ..data.paths import explained, resolve_data_dir
+from ..data.splits import ensure_dataset
 from ..errors import UsageProblem
+from ..protocol import not_comparable_note
 from ..rundir import CONFIG, RunDir
+from ..threads import resolve_threads
+from ..trainer import Reporter, train
 from .common import data_dir_option, emit_json, json_option, no_download_option
 from .config_options import ConfigOverrides, SectionedCommand, config_options
+from .progress import LiveLine, RunProgress
 
 # What may change when resuming: how many epochs, and where and on how many threads the arithmetic runs.
 RESUMABLE = {("train", "epochs"), ("runtime", "backend"), ("runtime", "device"), ("runtime", "threads")}
@@ -77,8 +79,6 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
 
 def headline_text(path, summary: dict) -> str:
     """The final line: the headline, and the paper's number only when the run followed the paper's protocol."""
-    from ..protocol import not_comparable_note
-
     h = summary["headline"]
     text = f"{path}: {h['statistic']} = {h['value']:.3f}%"
     if h.get("final_epoch_error") is not None and summary.get("epochs_completed", 0) > 1:
@@ -115,10 +115,6 @@ def _log(msg: str) -> None:
 
 
 def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bool, as_json: bool) -> dict:
-    from ..threads import resolve_threads
-    from ..trainer import Reporter, train
-    from .progress import LiveLine, RunProgress
-
     progress = RunProgress()
     display = LiveLine(progress.line)
     threads = resolve_threads(cfg.runtime.threads, cfg)

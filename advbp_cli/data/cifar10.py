@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import pickle
 import tarfile
@@ -91,8 +92,6 @@ def cifar10_folder(data_dir: Path) -> Path:
 
 # --- the restricted unpickler ----------------------------------------------------------------------------------
 def _numpy_attr(module: str, name: str):
-    import importlib
-
     for mod in (module.replace("numpy.core", "numpy._core", 1), module):
         try:
             return getattr(importlib.import_module(mod), name)
