@@ -48,7 +48,7 @@ RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def import_ray():
     try:
-        import ray
+        import ray  # lazy: an optional extra, imported only for --executor ray
     except ImportError as exc:
         raise UsageProblem(f"--executor ray needs Ray, which cannot be imported here ({exc}); "
                            f"install it with: {INSTALL_HINT}") from None

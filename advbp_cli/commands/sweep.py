@@ -119,7 +119,7 @@ class LiveTable:
     given); always one plain line per finished run (useful in logs). Each running seed shows its RunProgress."""
 
     def __init__(self, request: sw.SweepRequest, sweep_dir: Path, plain: bool = False, clock=time.monotonic):
-        from rich.console import Console
+        from rich.console import Console  # lazy: rich stays off the import path of `advbp --help` and `advbp presets`
 
         self.request = request
         self.sweep_dir = sweep_dir
