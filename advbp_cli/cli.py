@@ -14,13 +14,7 @@ from .commands.presets import presets_cmd
 from .commands.report import report_cmd
 from .commands.sweep import sweep_cmd
 from .commands.train import train_cmd
-from .errors import (
-    Interrupted,
-    TrainingDiverged,
-    UsageProblem,
-    is_out_of_memory,
-    os_problem,
-)
+from .errors import Interrupted, TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

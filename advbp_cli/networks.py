@@ -6,13 +6,7 @@ import json
 from pathlib import Path
 
 from .backends import backend_module, load_backend
-from .checkpoint import (
-    check_params,
-    check_same_record,
-    expected_shapes,
-    read_checkpoint,
-    split_optimizer_state,
-)
+from .checkpoint import check_params, check_same_record, expected_shapes, read_checkpoint, split_optimizer_state
 from .config import RunConfig
 from .errors import UsageProblem
 from .rng import init_from_shapes

@@ -31,14 +31,7 @@ from pathlib import Path
 from .errors import Interrupted
 from .rundir import RunDir
 from .sweep import RunOutcome, run_config, run_relpath, serial_executor
-from .threads import (
-    AUTO,
-    auto_workers,
-    parse_threads,
-    resolve_threads,
-    usable_cpus,
-    worker_env,
-)
+from .threads import AUTO, auto_workers, parse_threads, resolve_threads, usable_cpus, worker_env
 
 STOP_SECONDS = 60.0  # how long stopped workers may take to wind down before they are killed
 POLL_SECONDS = 0.5

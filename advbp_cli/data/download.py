@@ -34,13 +34,7 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 def _fetch(url: str, dest: Path, progress_label: str) -> None:
     from rich.console import Console  # lazy: only a download draws a bar
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
         total = resp.headers.get("Content-Length")
