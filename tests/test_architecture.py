@@ -118,3 +118,25 @@ def test_import_and_presets_and_help_load_no_heavy_library(argv):
             "assert not loaded, loaded")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+@pytest.mark.parametrize("dataset,n_file", [("mnist", 60000), ("cifar10", 50000)])
+def test_the_split_words_and_training_counts_that_attack_manifests_record(dataset, n_file):
+    """The registry's replacements for attack.TRAIN_FILE_SIZES/training_indices and commands/attack's
+    _split_definition give the words and counts the attack manifests have recorded so far."""
+    def data(eval_split, limit=None):
+        return build_config({"data": {"dataset": dataset, "eval_split": eval_split, "train_limit": limit}}, {}).data
+
+    assert split_definition("validation", data("test")) == f"training images {n_file - 10000}..{n_file - 1} (the last 10 000)"
+    assert split_definition("test", data("test")) == "the 10 000 test images"
+    assert split_definition("train", data("validation")) == f"training images 0..{n_file - 10001} (the source's training data)"
+    assert split_definition("train", data("test")) == f"all {n_file} training images"
+    assert training_count(data("test")) == n_file and training_count(data("validation")) == n_file - 10000
+    assert training_count(data("validation", 300)) == 300
+    spec = get_dataset(dataset)
+    names = ([f"{b}.bin" for b in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                                   "test_batch")] if dataset == "cifar10" else
+             [f"{n}.gz" for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                                  "t10k-labels-idx1-ubyte")])
+    assert list(spec.files_sha256) == names
+    assert spec.idx_image_shape == ((28, 28) if dataset == "mnist" else None)
