@@ -246,7 +246,6 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
 
 def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: str | None, device: str | None,
                  data_dir=None, log=print) -> list[Panel]:
-    from . import figures
     panels = []
     preps: dict = {}
     for g in groups:
