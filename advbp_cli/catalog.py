@@ -21,8 +21,9 @@ def listing() -> dict:
 
 
 def resolved(name: str, show_all: bool = False) -> dict:
-    """A preset's resolved config: `config` (every field), `shown` (by section, the fields that apply to it, or all
-    with show_all), `not_applicable` (the others, as section.field), `paper_silent` (the notes that apply)."""
+    """A preset's resolved config: `description`, `note` and `paper` from its file, `config` (every field), `shown`
+    (by section, the fields that apply to it, or all with show_all), `not_applicable` (the others, as
+    section.field), `paper_silent` (the notes that apply)."""
     p = presets.load_preset_or_explain(name, "NAME")
     cfg = build_config({"preset": name, **presets.config_values(p)}, {}, source=f"preset {name}")
     applies = _applies(cfg)
@@ -33,8 +34,8 @@ def resolved(name: str, show_all: bool = False) -> dict:
              for sec, values in config.items() if isinstance(values, dict)}
     hidden = [f"{sec}.{k}" for sec, values in config.items() if isinstance(values, dict)
               for k in values if k not in shown[sec]]
-    return {"name": name, "description": p.get("description"), "paper": p.get("paper"), "config": config,
-            "shown": shown, "not_applicable": hidden, "paper_silent": gaps}
+    return {"name": name, "description": p.get("description"), "note": p.get("note"), "paper": p.get("paper"),
+            "config": config, "shown": shown, "not_applicable": hidden, "paper_silent": gaps}
 
 
 # Fields that only mean something when another setting turns them on; `presets show` leaves them out otherwise.

@@ -442,8 +442,10 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      f"{run['eval_split']} | {_pct(run['headline_error'], 3)} (last {run['mean_last']}) | {_paper(run['paper'])} |")
 
     lines += ["", "## Figure 1: error curves", "", f"![error curves]({figs['curves']['file']})", "",
-              "*Clean training error (dashed) and evaluation error (solid) per epoch; symlog axis, so 0 % is drawn"
-              " (paper Figure 1). A sweep's preset is the mean over its seeds with a ±1 std band.*", "",
+              "*Clean training error (dashed) and evaluation error (solid) per epoch (paper Figure 1). The error axis"
+              " follows the data: symlog when the curves reach 0 % or span more than a factor of 10 (so 0 % is"
+              " drawn), linear over their range otherwise; curves of up to 20 epochs mark every epoch. A sweep's"
+              " preset is the mean over its seeds with a ±1 std band.*", "",
               "| run | runs | epochs | final clean train error (%) | final eval error (%) | lowest eval error (%) (epoch) |",
               "|---|---|---|---|---|---|"]
     for c in r["curves"]:

@@ -63,7 +63,7 @@ def test_headline_is_the_mean_eval_error_of_the_last_10_of_12_epochs(long_run):
     assert "last 10 epochs" in summary["headline"]["statistic"]
     assert printed["headline"]["value"] == summary["headline"]["value"]
     for r in rows:  # the timings: the training part of an epoch, within the whole epoch
-        assert 0 < r["train_seconds"] <= r["seconds"] < 600, r
+        assert 0 < r["train_seconds"] <= r["seconds"], r  # the epoch includes its training (no speed claim)
     assert summary["epochs_completed"] == 12 and summary["final_epoch"]["epoch"] == 12
 
 

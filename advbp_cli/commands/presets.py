@@ -38,13 +38,16 @@ def show_cmd(name, show_all, as_json):
     """The resolved config of a preset (the fields that apply to it), its paper number, and where the paper is silent."""
     r = resolved(name, show_all)
     if as_json:
-        emit_json({k: r[k] for k in ("name", "description", "paper", "config", "not_applicable", "paper_silent")})
+        emit_json({k: r[k] for k in ("name", "description", "note", "paper", "config", "not_applicable",
+                                     "paper_silent")})
         return
     click.echo(f"{name}: {r['description'] or ''}")
     paper = r["paper"]
     if paper:
         std = f" ± {paper['std']}" if paper.get("std") is not None else ""
         click.echo(f"paper: {paper['error']}{std} % ({paper.get('source', '')})")
+    if r["note"]:
+        click.echo(f"note: {' '.join(r['note'].split())}")
     for section, values in r["shown"].items():
         click.echo(f"[{section}]")
         for k, v in values.items():
