@@ -344,15 +344,27 @@ def _split_desc(panels: list[Panel], limit: int | None) -> str:
 
 
 def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
+    """Draws the figures into `out`, then writes report.json and index.md beside them; returns report.json."""
     out.mkdir(parents=True, exist_ok=True)
-    groups, panels = report.groups, report.panels
-    sweep_groups = [g for g in groups if g.sweep is not None]
+    curves = [curve_of(g) for g in report.groups]
+    sweep_groups = [g for g in report.groups if g.sweep is not None]
+    bars = [bar_of(g) for g in sweep_groups]
+    split_desc = _split_desc(report.panels, report.limit)
+    figs = _draw(report, curves, bars, sweep_groups, split_desc, out, fmt)
+    result = _summary(report, command, fmt, figs, curves, bars, sweep_groups)
+    write_json_atomic(out / REPORT_JSON, result)
+    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
+    return result
+
+
+def _draw(report: Report, curves, bars, sweep_groups, split_desc: str, out: Path, fmt: str) -> dict[str, dict]:
+    """The four figures (Figure 4 only with a sweep), each {file, width_px, height_px, dpi}."""
+    panels = report.panels
     figs: dict[str, dict] = {}
 
     def file(key):
         return f"{NAMES[key]}.{fmt}"
 
-    curves = [curve_of(g) for g in groups]
     w, h = figures.error_curves(curves, out / file("curves"), fmt)
     figs["curves"] = {"file": file("curves"), "width_px": w, "height_px": h}
 
@@ -360,20 +372,23 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
                                 out / file("features"), fmt)
     figs["features"] = {"file": file("features"), "width_px": w, "height_px": h}
 
-    split_desc = _split_desc(panels, report.limit)
     w, h = figures.activation_histograms([(p.title, p.hist) for p in panels], split_desc,
                                          out / file("activations"), fmt)
     figs["activations"] = {"file": file("activations"), "width_px": w, "height_px": h}
 
-    bars = [bar_of(g) for g in sweep_groups]
     if bars:
         splits = "/".join(sorted({g.runs[0].cfg.data.eval_split for g in sweep_groups}))
         w, h = figures.sweep_bars(bars, splits, out / file("sweep"), fmt)
         figs["sweep"] = {"file": file("sweep"), "width_px": w, "height_px": h}
     for f in figs.values():
         f["dpi"] = figures.DPI
+    return figs
 
-    result = {
+
+def _summary(report: Report, command: str, fmt: str, figs: dict, curves, bars, sweep_groups) -> dict:
+    """report.json: the sources, groups and runs, the figures' files, and every number the figures draw."""
+    groups, panels = report.groups, report.panels
+    return {
         "advbp_version": __version__,
         "command": command,
         "format": fmt,
@@ -411,9 +426,6 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
             for b, g in zip(bars, sweep_groups)
         ],
     }
-    write_json_atomic(out / REPORT_JSON, result)
-    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
-    return result
 
 
 # --- index.md ----------------------------------------------------------------------------------------------
@@ -479,13 +491,18 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      + f" | {_pct(s['overall_zero_fraction'] * 100, 1)} |")
 
     if "sweep" in figs:
-        lines += ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({figs['sweep']['file']})", "",
-                  "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
-                  " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
-                  "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
-        for b in r["sweep"]:
-            per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
-            paper = _paper({"error": b["paper"], "std": b["paper_std"]})
-            ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
-            lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+        lines += _sweep_section(r)
     return "\n".join(lines) + "\n"
+
+
+def _sweep_section(r: dict) -> list[str]:
+    lines = ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({r['figures']['sweep']['file']})",
+             "", "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
+             " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
+             "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
+    for b in r["sweep"]:
+        per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
+        paper = _paper({"error": b["paper"], "std": b["paper_std"]})
+        ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
+        lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+    return lines
