@@ -14,7 +14,8 @@ import pytest
 from advbp_cli.cli import cli
 from advbp_cli.config import RunConfig, build_config
 from advbp_cli.data.registry import dataset_names, get_dataset, register_dataset, unregister_dataset
-from advbp_cli.data.splits import ensure_dataset, load_raw, load_splits, split_definition, training_count
+from advbp_cli.data.splits import (ensure_dataset, idx_writable, load_raw, load_splits, recorded_image_shape,
+                                    split_definition, training_count)
 from advbp_cli.errors import Interrupted, UsageProblem
 from advbp_cli.protocol import describe
 
@@ -140,3 +141,22 @@ def test_the_split_words_and_training_counts_that_attack_manifests_record(datase
                                   "t10k-labels-idx1-ubyte")])
     assert list(spec.files_sha256) == names
     assert spec.idx_image_shape == ((28, 28) if dataset == "mnist" else None)
+
+
+@pytest.mark.parametrize("values", [
+    {"data": {"dataset": "mnist"}},
+    {"data": {"dataset": "mnist", "preprocess": "zca"}},
+    {"data": {"dataset": "cifar10"}},
+    {"data": {"dataset": "cifar10", "preprocess": "simple"}},
+    {"data": {"dataset": "cifar10"}, "model": {"arch": "conv", "input_shape": [3, 32, 32]}},
+])
+def test_the_registry_gives_the_image_shape_and_idx_rule_that_attack_manifests_use(values):
+    """recorded_image_shape and idx_writable replace commands/attack's _image_shape and its IDX_SHAPES check."""
+    from advbp_cli.attack_sets import IMAGE_SHAPES
+    from advbp_cli.commands.attack import _image_shape
+
+    cfg = build_config(values, {})
+    assert recorded_image_shape(cfg) == _image_shape(cfg)
+    old_rule = not (cfg.data.dataset != "mnist" or cfg.data.preprocess != "scale01"
+                    or cfg.model.input_size not in IMAGE_SHAPES)
+    assert idx_writable(cfg) == old_rule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,26 @@ def split_definition(split: str, data_cfg) -> str:
     if data_cfg.eval_split == "validation":
         return f"training images 0..{n_file - held_out - 1} (the source's training data)"
     return f"all {n_file} training images"
+
+
+def recorded_image_shape(cfg) -> list[int]:
+    """How a manifest records one input image of a run (RunConfig): (H, W) for a data set whose images IDX files
+    hold (MNIST's 28 x 28), else the conv net's input_shape, else the data set's (C, H, W); [input_size] for a flat
+    input of another size."""
+    spec = get_dataset(cfg.data.dataset)
+    if spec.idx_image_shape is not None and cfg.model.input_size == math.prod(spec.idx_image_shape):
+        return list(spec.idx_image_shape)
+    if cfg.model.input_shape is not None:
+        return list(cfg.model.input_shape)
+    return list(spec.image_shape) if cfg.model.input_size == spec.features else [cfg.model.input_size]
+
+
+def idx_writable(cfg) -> bool:
+    """Whether a run's inputs can be written as IDX files: uint8 images of a data set with an IDX shape, pixels in
+    [0, 1] (scale01) and the whole image as input."""
+    spec = get_dataset(cfg.data.dataset)
+    return (spec.idx_image_shape is not None and cfg.data.preprocess == "scale01"
+            and cfg.model.input_size == math.prod(spec.idx_image_shape))
 
 
 def _count(n: int) -> str:
