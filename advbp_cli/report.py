@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, outdir
+from . import __version__, figures, outdir, presets
 from .config import RunConfig
+from .data.paths import explained, resolve_data_dir
+from .data.registry import get_dataset
+from .data.splits import load_raw, preprocessor_for, split_of
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
 from .files import write_json_atomic, write_text_atomic
+from .networks import load_network
 from .rundir import CHECKPOINT, CONFIG, RunDir
-
-if TYPE_CHECKING:
-    from . import figures
 
 FORMATS = ("png", "svg")
 NAMES = {
@@ -135,8 +135,6 @@ def _paper_value(cfg: RunConfig, summary: dict | None) -> dict | None:
     if summary and summary.get("paper"):
         return summary["paper"]
     if cfg.preset:
-        from . import presets
-
         if cfg.preset in presets.preset_names():
             return presets.load_preset(cfg.preset).get("paper")
     return None
@@ -222,10 +220,6 @@ def hidden_activations(net, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
 
 
-# (C, H, W) of a flat input of each data set, channels in the order the flat vector holds them
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
 def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
     """(weights (C*H*W, units), tile shape (C, H, W), "units" | "conv filters", parameter name) of Figure 2: an
     MLP's first fully connected layer, one image-shaped tile per hidden unit; a conv net's first conv layer, one
@@ -237,7 +231,7 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
         weights, shape, kind, name = w.reshape(out, c * kh * kw).T, (c, kh, kw), "conv filters", "conv.0.weight"
     else:
         weights = np.asarray(params["layers.0.weight"])  # (fan_in, hidden)
-        shape = cfg.model.input_shape or IMAGE_SHAPES.get(cfg.data.dataset)
+        shape = cfg.model.input_shape or get_dataset(cfg.data.dataset).image_shape
         kind, name = "units", "layers.0.weight"
         if shape is None or int(np.prod(shape)) != weights.shape[0]:
             side = int(round(weights.shape[0] ** 0.5))
@@ -252,10 +246,6 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
 
 def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: str | None, device: str | None,
                  data_dir=None, log=print) -> list[Panel]:
-    from . import figures
-    from .data.splits import preprocessor_for, split_of
-    from .networks import load_network
-
     panels = []
     preps: dict = {}
     for g in groups:
@@ -279,15 +269,13 @@ def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: st
 
 
 def curve_of(group: Group):
-    from .figures import Curve
-
     n = min(r.epochs for r in group.runs)  # seeds are averaged over the epochs all of them have completed
     epochs = np.array([m["epoch"] for m in group.runs[0].metrics[:n]])
     ev = np.array([[m["eval_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float)
     has_train = all("train_error" in m for r in group.runs for m in r.metrics[:n])
     tr = np.array([[m["train_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float) if has_train else None
     many = len(group.runs) > 1
-    return Curve(
+    return figures.Curve(
         label=group.label,
         eval_split=group.runs[0].cfg.data.eval_split,
         epochs=epochs,
@@ -307,14 +295,12 @@ def bar_runs(group: Group) -> tuple[list[RunInfo], bool]:
 
 
 def bar_of(group: Group):
-    from .figures import Bar
-
     runs, partial = bar_runs(group)
     values = np.array([r.headline for r in runs])
     paper = group.runs[0].paper or {}
     # sample std (ddof=1) over seeds, as `advbp sweep`'s summary; none for a single seed
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
+    return figures.Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
                paper.get("error"), paper.get("std"))
 
 
@@ -335,9 +321,6 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    from .data.paths import explained, resolve_data_dir
-    from .data.splits import load_raw
-
     data_path, origin = resolve_data_dir(data_dir, runs=[r.path for g in groups for r in g.runs])
     datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
     with explained(data_path, origin):
@@ -361,17 +344,27 @@ def _split_desc(panels: list[Panel], limit: int | None) -> str:
 
 
 def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
-    from . import figures
-
+    """Draws the figures into `out`, then writes report.json and index.md beside them; returns report.json."""
     out.mkdir(parents=True, exist_ok=True)
-    groups, panels = report.groups, report.panels
-    sweep_groups = [g for g in groups if g.sweep is not None]
+    curves = [curve_of(g) for g in report.groups]
+    sweep_groups = [g for g in report.groups if g.sweep is not None]
+    bars = [bar_of(g) for g in sweep_groups]
+    split_desc = _split_desc(report.panels, report.limit)
+    figs = _draw(report, curves, bars, sweep_groups, split_desc, out, fmt)
+    result = _summary(report, command, fmt, figs, curves, bars, sweep_groups)
+    write_json_atomic(out / REPORT_JSON, result)
+    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
+    return result
+
+
+def _draw(report: Report, curves, bars, sweep_groups, split_desc: str, out: Path, fmt: str) -> dict[str, dict]:
+    """The four figures (Figure 4 only with a sweep), each {file, width_px, height_px, dpi}."""
+    panels = report.panels
     figs: dict[str, dict] = {}
 
     def file(key):
         return f"{NAMES[key]}.{fmt}"
 
-    curves = [curve_of(g) for g in groups]
     w, h = figures.error_curves(curves, out / file("curves"), fmt)
     figs["curves"] = {"file": file("curves"), "width_px": w, "height_px": h}
 
@@ -379,20 +372,23 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
                                 out / file("features"), fmt)
     figs["features"] = {"file": file("features"), "width_px": w, "height_px": h}
 
-    split_desc = _split_desc(panels, report.limit)
     w, h = figures.activation_histograms([(p.title, p.hist) for p in panels], split_desc,
                                          out / file("activations"), fmt)
     figs["activations"] = {"file": file("activations"), "width_px": w, "height_px": h}
 
-    bars = [bar_of(g) for g in sweep_groups]
     if bars:
         splits = "/".join(sorted({g.runs[0].cfg.data.eval_split for g in sweep_groups}))
         w, h = figures.sweep_bars(bars, splits, out / file("sweep"), fmt)
         figs["sweep"] = {"file": file("sweep"), "width_px": w, "height_px": h}
     for f in figs.values():
         f["dpi"] = figures.DPI
+    return figs
 
-    result = {
+
+def _summary(report: Report, command: str, fmt: str, figs: dict, curves, bars, sweep_groups) -> dict:
+    """report.json: the sources, groups and runs, the figures' files, and every number the figures draw."""
+    groups, panels = report.groups, report.panels
+    return {
         "advbp_version": __version__,
         "command": command,
         "format": fmt,
@@ -430,9 +426,6 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
             for b, g in zip(bars, sweep_groups)
         ],
     }
-    write_json_atomic(out / REPORT_JSON, result)
-    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
-    return result
 
 
 # --- index.md ----------------------------------------------------------------------------------------------
@@ -498,13 +491,18 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      + f" | {_pct(s['overall_zero_fraction'] * 100, 1)} |")
 
     if "sweep" in figs:
-        lines += ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({figs['sweep']['file']})", "",
-                  "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
-                  " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
-                  "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
-        for b in r["sweep"]:
-            per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
-            paper = _paper({"error": b["paper"], "std": b["paper_std"]})
-            ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
-            lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+        lines += _sweep_section(r)
     return "\n".join(lines) + "\n"
+
+
+def _sweep_section(r: dict) -> list[str]:
+    lines = ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({r['figures']['sweep']['file']})",
+             "", "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
+             " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
+             "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
+    for b in r["sweep"]:
+        per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
+        paper = _paper({"error": b["paper"], "std": b["paper_std"]})
+        ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
+        lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+    return lines

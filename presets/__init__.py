@@ -8,6 +8,8 @@ import difflib
 import tomllib
 from importlib import resources
 
+from advbp_cli.errors import UsageProblem
+
 _SPECIAL = {"groups", "paper-gaps"}
 
 
@@ -62,8 +64,6 @@ def did_you_mean(name: str, candidates) -> str:
 
 def load_preset_or_explain(name: str, where: str) -> dict:
     """load_preset, or a one-line usage error naming the option, the closest preset name and where to look."""
-    from advbp_cli.errors import UsageProblem
-
     try:
         return load_preset(name)
     except KeyError:

@@ -280,7 +280,8 @@ def test_a_smoke_run_says_its_protocol_and_makes_no_paper_comparison(tiny_run):
 
 
 def test_which_changes_leave_the_papers_protocol():
-    from advbp_cli.commands.train import headline_text, preset_config_values
+    from advbp_cli.commands.train import headline_text
+    from advbp_cli.launch import preset_config_values
     from advbp_cli.config import build_config
     from advbp_cli.protocol import paper_protocol
 
@@ -415,7 +416,7 @@ def test_field_types_to_come_get_a_flag_too():
 
 def test_set_reaches_fields_without_a_common_flag_and_errors_name_it(cli, tmp_path):
     from advbp_cli.commands.config_options import collect
-    from advbp_cli.commands.train import preset_config_values
+    from advbp_cli.launch import preset_config_values
     from advbp_cli.config import build_config
 
     o = collect({}, ["train.momentum=0.9", "model.hidden=800,800", "train.clip=0,1", "train.dropout_fc=[0.5, 0.25]"], {})
