@@ -1,4 +1,6 @@
-"""FGSM attack sets (Goodfellow et al. 2014; Nøkland 2015 section 3) and the errors of models on them.
+"""What every attack shares (eps lists, clipping rules, the data's identity, the gradient's network, the error of a
+network on a set) and FGSM's arithmetic (Goodfellow et al. 2014; Nøkland 2015 section 3). The attacks themselves,
+FGSM, BIM and PGD, are entries of the registry in attack_methods.py.
 
 z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (dropout off) unless
 `--model-mode train` asks for dropout as in training (masks from the run's seed, see ATTACK_MASK_EPOCH); the
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UsageProblem
-from .evaluate import check_finite, evaluate_arrays
+from .evaluate import evaluate_arrays
 
 MAX_EPS_VALUES = 1000
 LOSSES = ("model", "sigmoid_bce", "softmax_ce")
@@ -262,16 +264,3 @@ def error_of(net, x: np.ndarray, y: np.ndarray) -> float:
         raise UsageProblem("the source network's outputs are NaN or Inf on these inputs, so the set has no error "
                            "rate (weights or inputs out of range)")
     return ev.error
-
-
-def whitebox_errors(net, cfg, x, y, eps_list, clip, batch_size: int, loss: str = "model"):
-    """Error of a network on FGSM sets computed from its own gradient (white-box), one row per eps, plus the
-    Gradients (for the zero-gradient count)."""
-    gnet, loss_name = gradient_network(net, cfg, loss)
-    grads = fgsm_signs(gnet, x, y, batch_size)
-    rows = []
-    for eps in eps_list:
-        z = finite_inputs(perturb(x, grads.signs, eps, clip), eps, "--fgsm-eps")
-        ev = check_finite(evaluate_arrays(net, z, y), f"white-box FGSM at eps {eps:g}")
-        rows.append({"eps": eps, "error": ev.error, "loss": ev.loss, "n": ev.n, "gradient_loss": loss_name})
-    return rows, grads

@@ -54,10 +54,6 @@ def eps_tag(eps: float) -> str:
     return repr(float(eps))
 
 
-def set_name(eps: float) -> str:
-    return f"fgsm-eps{eps_tag(eps)}"
-
-
 def files_for(out_dir: Path, name: str, fmt: str) -> dict[str, Path]:
     """Every file one set writes (the manifest last)."""
     if fmt == "npz":
