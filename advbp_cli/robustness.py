@@ -26,7 +26,7 @@ UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percen
 CURVE_FORMAT = "advbp-robustness-curve/1"
 # the columns of a --curve-out CSV; method and its parameters come last, so v1's column positions still hold
 CSV_COLUMNS = ["model", "attack", "eps", "clip", "split", "n", "error", "loss", "set", "source", "method", "steps",
-               "step_size", "restarts"]
+               "step_size", "restarts", "gradient_loss"]
 
 
 @dataclass
@@ -127,6 +127,7 @@ def stored_set_rows(base: dict, m, attack_sets: list, log) -> list[dict]:
         ev = check_finite(evaluate_arrays(m.net, aset.x, aset.y), f"{m.source} on {aset.path}")
         rows.append({**base, "attack": "whitebox-set" if set_source_sha == own_sha else "transfer",
                      "method": attack.get("method", "fgsm"), "steps": attack.get("steps"),
+                     "gradient_loss": attack.get("gradient_loss"),
                      "step_size": mf.get("step_size"), "restarts": attack.get("restarts"),
                      "eps": mf.get("eps"), "clip": mf.get("clip"), "split": (mf.get("dataset") or {}).get("split"),
                      "set": str(aset.path), "set_source_checkpoint_sha256": set_source_sha,
@@ -150,7 +151,7 @@ def whitebox_rows(base: dict, m, data, req: EvalRequest, log) -> list[dict]:
     rows = []
     for params in req.attacks:
         method = get_method(params.method)
-        gnet, _ = gradient_network(m.net, m.cfg, params.loss)
+        gnet, gradient_loss = gradient_network(m.net, m.cfg, params.loss)
         started = run_attack(params, gnet, data.x, data.y, req.eps_list, rule.range,
                              progress=(lambda t: log(f"{m.source}: {t}")) if method.iterative else None)
         zero = started.info.get("zero_gradient_samples")
@@ -161,7 +162,8 @@ def whitebox_rows(base: dict, m, data, req: EvalRequest, log) -> list[dict]:
             ev = check_finite(evaluate_arrays(m.net, z, data.y), f"white-box {method.title} at eps {adv.eps:g}")
             rows.append({**base, "attack": "whitebox", "method": method.name, "steps": params.steps,
                          "step_size": adv.per_set.get("step_size"), "restarts": params.restarts,
-                         "seed": params.seed, "eps": adv.eps, "clip": list(rule.range) if rule.range else None,
+                         "seed": params.seed, "gradient_loss": gradient_loss, "eps": adv.eps,
+                         "clip": list(rule.range) if rule.range else None,
                          "clip_rule": rule.rule, "split": data.name, "set": None, "n": ev.n, "error": ev.error,
                          "loss": ev.loss, **({"zero_gradient_samples": zero} if zero is not None else {}),
                          **({"error_after_restarts": adv.per_set["error_after_restarts"]}
@@ -189,7 +191,7 @@ def write_curve(path: Path, fmt: str, curve: list[dict]) -> None:
     for r in curve:
         clip = "" if not r["clip"] else f"{r['clip'][0]:g}..{r['clip'][1]:g}"
         opt = ["" if r.get(k) is None else f"{r[k]:g}" if isinstance(r[k], float) else r[k]
-               for k in ("method", "steps", "step_size", "restarts")]
+               for k in ("method", "steps", "step_size", "restarts", "gradient_loss")]
         w.writerow([r["model"], r["attack"], f"{r['eps']:g}", clip, r["split"], r["n"], f"{r['error']:.4f}",
                     f"{r['loss']:.6f}", r["set"] or "", r["source"], *opt])
     write_text_atomic(path, buf.getvalue())

@@ -307,6 +307,29 @@ def test_eval_draws_fgsm_and_pgd_curves_side_by_side(source, data_dir, tmp_path)
     assert lines[1].split(",")[header.split(",").index("method")] == "fgsm"
 
 
+def test_eval_attacks_with_another_loss_as_attack_does(source, data_dir, tmp_path):
+    curve = tmp_path / "curve.csv"
+    r = run_cli(["eval", str(source), "--eps", "0.15", "--method", "fgsm,pgd", "--steps", "4", "--restarts", "2",
+                 "--loss", "softmax_ce", "--limit", str(LIMIT), "--data-dir", str(data_dir), "--no-download",
+                 "--curve-out", str(curve)])
+    assert r.exit_code == 0, r.stderr
+    header, *lines = [line.split(",") for line in curve.read_text().splitlines()]
+    rows = [dict(zip(header, line)) for line in lines if line[1] == "whitebox"]
+    assert {row["gradient_loss"] for row in rows} == {"softmax_ce"} and len(rows) == 2
+    for row in rows:  # the same sets `advbp attack --loss softmax_ce` writes, so the same source error
+        extra = ["--steps", "4", "--restarts", "2"] if row["method"] == "pgd" else []
+        sets = _attack(data_dir, source, tmp_path / row["method"], "--method", row["method"], "--loss", "softmax_ce",
+                       *extra, eps="0.15")
+        manifest = json.loads((sets / f"{row['method']}-eps0.15.json").read_text())
+        assert manifest["attack"]["gradient_loss"] == "softmax_ce"
+        assert float(row["error"]) == pytest.approx(manifest["source_error"], abs=5e-5)  # the CSV's 4 decimals
+    default = run_cli(["eval", str(source), "--eps", "0.15", "--method", "pgd", "--steps", "4", "--restarts", "2",
+                       "--limit", str(LIMIT), "--data-dir", str(data_dir), "--no-download", "--json"])
+    assert default.exit_code == 0, default.stderr
+    (pgd,) = [row for row in json.loads(default.stdout)["attacks"] if row["attack"] == "whitebox"]
+    assert pgd["gradient_loss"] == "sigmoid_bce"  # the run's own objective when --loss is left out
+
+
 def test_registry_gives_names_choices_and_manifest_method():
     assert list(METHODS) == ["fgsm", "bim", "pgd"]
     assert [METHODS[m].set_name(0.25) for m in METHODS] == ["fgsm-eps0.25", "bim-eps0.25", "pgd-eps0.25"]
@@ -357,6 +380,8 @@ def test_bad_attack_options_are_one_line(source, data_dir, tmp_path, cli, extra,
     (["--eps", "0.1", "--restarts", "2"], ["--restarts", "pgd"]),
     (["--eps", "0.1", "--clip", "--fgsm-no-clip"], ["--clip"]),
     (["--eps", "0.1", "--method", "pgd", "--steps", "2", "--restarts", "0"], ["--restarts"]),
+    (["--loss", "softmax_ce"], ["--loss", "--eps"]),
+    (["--eps", "0.1", "--loss", "hinge"], ["--loss"]),
 ])
 def test_bad_eval_attack_options_are_one_line(source, data_dir, cli, extra, needles):
     r = cli(["eval", str(source), "--limit", "10", "--data-dir", str(data_dir), *extra])

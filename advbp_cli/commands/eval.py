@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..attack import parse_eps
+from ..attack import LOSSES, parse_eps
 from ..attack_methods import method_names, resolve_attacks
 from ..cliparams import FINITE_PERCENT
 from ..errors import UsageProblem, os_problem
@@ -36,6 +36,9 @@ from .tables import is_plain, plain_option, print_table
               help=f"White-box attacks at every --eps: {', '.join(method_names())}; repeat it or give a list "
                    "(fgsm,pgd) to draw their curves side by side. Default: fgsm.")
 @attack_method_options
+@click.option("--loss", "gradient_loss", type=click.Choice(LOSSES), default="model", show_default=True,
+              help="Objective whose input gradient drives the white-box attacks (as `advbp attack --loss`): each "
+                   "model's own training objective (model), or another one on its logits.")
 @click.option("--clip/--no-clip", "clip", default=None,
               help="Clip white-box attack inputs to the pixel range [0, 1] as each model's preprocessing maps it "
                    "(as `advbp attack --clip`). Default: clip, except ZCA models, which are left unclipped.")
@@ -54,8 +57,8 @@ from .tables import is_plain, plain_option, print_table
 @plain_option
 @json_option
 def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts, seed,
-             clip, fgsm_clip, batch_size, curve_out, backend, device, threads, data_dir, no_download, max_error, plain,
-             as_json):
+             gradient_loss, clip, fgsm_clip, batch_size, curve_out, backend, device, threads, data_dir, no_download,
+             max_error, plain, as_json):
     """Evaluate run directories or checkpoint files (any backend can load any checkpoint).
 
     With several SOURCEs and --attack-set FOLDER or --eps 0.05:0.5:0.05 (white-box, --method fgsm,pgd --steps 40)
@@ -66,7 +69,7 @@ def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, 
     """
     threads = apply_command_threads(threads)
     req = _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts,
-                   seed, clip, fgsm_clip, batch_size, curve_out)
+                   seed, gradient_loss, clip, fgsm_clip, batch_size, curve_out)
     req.backend, req.device, req.threads = backend, device, threads
     req.data_dir, req.download, req.max_error = data_dir, not no_download, max_error
     curve_fmt = curve_format(curve_out) if curve_out else None
@@ -92,7 +95,7 @@ def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, 
 
 
 def _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts, seed,
-             clip, fgsm_clip, batch_size, curve_out) -> EvalRequest:
+             gradient_loss, clip, fgsm_clip, batch_size, curve_out) -> EvalRequest:
     """The options as one request, every combination checked before any model is loaded."""
     eps_option = "--fgsm-eps" if fgsm_eps and not eps_values else "--eps"
     explain_stray_values(sources, eps_option if (fgsm_eps or eps_values) else None, "SOURCE")
@@ -108,11 +111,11 @@ def _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, 
         raise UsageProblem("--clip/--no-clip and --fgsm-clip/--fgsm-no-clip (its older name) disagree; give one")
     values = [*eps_values, *fgsm_eps]
     eps_list = parse_eps(values, eps_option) if values else []
-    if not eps_list and (methods or steps or step_size or restarts or seed is not None):
-        raise UsageProblem("--method, --steps, --step-size, --restarts and --seed choose the white-box attacks run "
-                           "at each --eps: give --eps too (e.g. --eps 0.1,0.3)")
+    if not eps_list and (methods or steps or step_size or restarts or seed is not None or gradient_loss != "model"):
+        raise UsageProblem("--method, --steps, --step-size, --restarts, --seed and --loss choose the white-box "
+                           "attacks run at each --eps: give --eps too (e.g. --eps 0.1,0.3)")
     attacks = resolve_attacks(names, steps=steps, step_size=step_size, restarts=restarts, seed=seed,
-                              batch_size=batch_size) if eps_list else []
+                              loss=gradient_loss, batch_size=batch_size) if eps_list else []
     set_paths = expand_sets(attack_sets)
     if curve_out and not (set_paths or eps_list):
         raise UsageProblem("--curve-out needs --attack-set or --eps (a curve of error against eps)")
@@ -147,9 +150,13 @@ def _print_model(result: dict) -> None:
 def attack_title(r: dict) -> str:
     """FGSM, BIM (10 steps), PGD (40 steps, 5 restarts): a row's attack method with its parameters."""
     method = r.get("method") or "fgsm"
-    extra = [f"{r['steps']} steps" if r.get("steps") else "", f"{r['restarts']} restarts" if r.get("restarts") else ""]
+    extra = [_count(r.get("steps"), "step"), _count(r.get("restarts"), "restart")]
     extra = ", ".join(e for e in extra if e)
     return method.upper() + (f" ({extra})" if extra else "")
+
+
+def _count(n, noun: str) -> str:
+    return "" if not n else f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _curve_key(r: dict):
