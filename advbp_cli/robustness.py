@@ -43,6 +43,7 @@ class EvalRequest:
     eps_option: str = "--eps"
     backend: str | None = None
     device: str | None = None
+    dtype: str | None = None  # None: each checkpoint's
     threads: int | None = None
     data_dir: str | None = None
     download: bool = True
@@ -68,7 +69,7 @@ def evaluate_models(req: EvalRequest, log: Callable = print, on_model: Callable 
                 if m.cfg.data.preprocess == "zca":
                     clip_rule({"kind": "zca"}, True, req.clip_option)
 
-    models = load_models(req.sources, backend=req.backend, device=req.device, data_dir=req.data_dir,
+    models = load_models(req.sources, backend=req.backend, device=req.device, dtype=req.dtype, data_dir=req.data_dir,
                          download=req.download, log=log, check=check)
     # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
     sets: dict = {}
@@ -98,13 +99,13 @@ def _evaluate_one(req: EvalRequest, label: str, m, sets: dict, log) -> dict:
         "source": m.source, "checkpoint": str(m.checkpoint), "epoch": int(m.meta.get("epoch", 0)), "split": name,
         "n": ev.n, "error": ev.error, "loss": ev.loss,
         "hidden_zero_percent": [100 * z for z in ev.hidden_zero_fraction], "units": UNITS,
-        "backend": m.net.name, "device": m.net.device, "threads": req.threads,
+        "backend": m.net.name, "device": m.net.device, "dtype": m.net.dtype, "threads": req.threads,
     }
     if req.max_error is not None:
         result["max_error"] = req.max_error
         result["passed"] = ev.error <= req.max_error
     if req.attacking:
-        base = {"model": label, "source": m.source, "checkpoint": str(m.checkpoint)}
+        base = {"model": label, "source": m.source, "checkpoint": str(m.checkpoint), "dtype": m.net.dtype}
         rows = [{**base, "attack": "none", "method": None, "eps": 0.0, "clip": None, "split": data.name, "set": None,
                  "n": ev.n, "error": ev.error, "loss": ev.loss}]
         rows += stored_set_rows(base, m, [sets[(str(p), m.net.dtype)] for p in req.set_paths], log)

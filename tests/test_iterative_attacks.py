@@ -330,6 +330,18 @@ def test_eval_attacks_with_another_loss_as_attack_does(source, data_dir, tmp_pat
     assert pgd["gradient_loss"] == "sigmoid_bce"  # the run's own objective when --loss is left out
 
 
+def test_eval_attacks_in_the_dtype_asked_for(source, data_dir, tmp_path):
+    r = run_cli(["eval", str(source), "--eps", "0.15", "--method", "pgd", "--steps", "3", "--dtype", "float64",
+                 "--limit", str(LIMIT), "--data-dir", str(data_dir), "--no-download", "--json"])
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    (pgd,) = [row for row in result["attacks"] if row["attack"] == "whitebox"]
+    assert result["dtype"] == pgd["dtype"] == "float64"
+    sets = _attack(data_dir, source, tmp_path / "f64", "--method", "pgd", "--steps", "3", "--dtype", "float64",
+                   eps="0.15")
+    assert pgd["error"] == json.loads((sets / "pgd-eps0.15.json").read_text())["source_error"]
+
+
 def test_registry_gives_names_choices_and_manifest_method():
     assert list(METHODS) == ["fgsm", "bim", "pgd"]
     assert [METHODS[m].set_name(0.25) for m in METHODS] == ["fgsm-eps0.25", "bim-eps0.25", "pgd-eps0.25"]

@@ -15,6 +15,7 @@ from ..cliparams import FINITE_PERCENT
 from ..errors import UsageProblem, os_problem
 from ..robustness import EvalRequest, curve_format, evaluate_models, expand_sets, write_curve
 from .attack import attack_method_options
+from .config_options import runtime_options
 from .common import apply_command_threads, backend_options, data_dir_option, emit_json, explain_stray_values, json_option, no_download_option, threads_option
 from .tables import is_plain, plain_option, print_table
 
@@ -48,6 +49,7 @@ from .tables import is_plain, plain_option, print_table
                    "gradient is its own, so the attacks do not depend on it, as in `advbp attack`).")
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
               help="Save the robustness curve (error per model, attack, method and eps) as .csv or .json.")
+@runtime_options("dtype", default_note="the checkpoint's: the arithmetic of evaluation and white-box attacks")
 @backend_options
 @threads_option
 @data_dir_option(reads_runs=True)
@@ -57,8 +59,8 @@ from .tables import is_plain, plain_option, print_table
 @plain_option
 @json_option
 def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts, seed,
-             gradient_loss, clip, fgsm_clip, batch_size, curve_out, backend, device, threads, data_dir, no_download,
-             max_error, plain, as_json):
+             gradient_loss, clip, fgsm_clip, batch_size, curve_out, dtype, backend, device, threads, data_dir,
+             no_download, max_error, plain, as_json):
     """Evaluate run directories or checkpoint files (any backend can load any checkpoint).
 
     With several SOURCEs and --attack-set FOLDER or --eps 0.05:0.5:0.05 (white-box, --method fgsm,pgd --steps 40)
@@ -70,7 +72,7 @@ def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, 
     threads = apply_command_threads(threads)
     req = _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts,
                    seed, gradient_loss, clip, fgsm_clip, batch_size, curve_out)
-    req.backend, req.device, req.threads = backend, device, threads
+    req.backend, req.device, req.threads, req.dtype = backend, device, threads, dtype
     req.data_dir, req.download, req.max_error = data_dir, not no_download, max_error
     curve_fmt = curve_format(curve_out) if curve_out else None
     log = lambda m: click.echo(m, err=True)  # noqa: E731
