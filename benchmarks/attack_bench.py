@@ -41,8 +41,36 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("ADVBP_DATA_DIR", "/work/shared/data"))
     args = ap.parse_args()
 
-    from advbp_cli.attack import error_of, fgsm_signs, perturb
-    from advbp_cli.attack_methods import AttackParams, run_attack
+    net, cfg, x, y = _source(args)
+    jobs = _jobs(net, x, y, args)
+    for fn in jobs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(args.repeats):
+        for name, fn in jobs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["fwd+bwd"]
+    print(f"device: this CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the end)")
+    bs = args.batch_size
+    print(f"backend {net.name} {net.dtype}, network 784-{'-'.join(map(str, cfg.model.hidden))}-10, "
+          f"{len(x)} validation images, batch size {bs}, median of {args.repeats}")
+    for name, t in med.items():
+        spread = f"{min(times[name]):.3f}-{max(times[name]):.3f}"
+        print(f"  {name:11s} {t:7.3f} s  ({spread})  ratio to fwd+bwd {t / base:5.2f}x")
+    print(f"generate eps 0.25 + 0.5 / one forward+backward pass = {med['generate'] / base:.2f}x "
+          f"({med['+ manifest'] / base:.2f}x with the source's error on both sets)")
+    k, r, fgsm = args.steps, args.restarts, med["fgsm set"]
+    print(f"one BIM set (K={k}) / one FGSM set = {med['bim set'] / fgsm:.2f}x ({med['bim set'] / fgsm / k:.2f}x per "
+          f"step); one PGD set (K={k}, R={r}) / one FGSM set = {med['pgd set'] / fgsm:.2f}x "
+          f"({med['pgd set'] / fgsm / (k * r):.2f}x per step and restart)")
+
+
+def _source(args):
+    """The network (from --source, or a fresh 2x400 ReLU) and the 10 000 validation images in its dtype."""
     from advbp_cli.config import RunConfig
     from advbp_cli.data.mnist import load_mnist
     from advbp_cli.data.splits import split_of
@@ -56,10 +84,16 @@ def main() -> None:
         net.set_params(fresh_params(cfg))
     raw = load_mnist(args.data_dir, download=False, log=lambda m: None)
     data = split_of(raw, "validation", "validation", net.dtype)
-    x, y, bs = data.x, data.y, args.batch_size
+    return net, cfg, data.x, data.y
 
+
+def _jobs(net, x, y, args) -> dict:
+    """What is timed, by name (the module docstring says what each is)."""
+    from advbp_cli.attack import error_of, fgsm_signs, perturb
+    from advbp_cli.attack_methods import AttackParams, run_attack
     from advbp_cli.backends import step
 
+    bs = args.batch_size
     if net.name == "torch":
         import torch
 
@@ -102,29 +136,7 @@ def main() -> None:
     jobs = {"fwd+bwd": fwd_bwd, "grad only": grad_only, "generate": lambda: generate(False),
             "+ manifest": lambda: generate(True), "fgsm set": one_fgsm_set, "bim set": lambda: iterative_set("bim"),
             "pgd set": lambda: iterative_set("pgd")}
-    for fn in jobs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in jobs}
-    for _ in range(args.repeats):
-        for name, fn in jobs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["fwd+bwd"]
-    print(f"device: this CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at the end)")
-    print(f"backend {net.name} {net.dtype}, network 784-{'-'.join(map(str, cfg.model.hidden))}-10, "
-          f"{len(x)} validation images, batch size {bs}, median of {args.repeats}")
-    for name, t in med.items():
-        spread = f"{min(times[name]):.3f}-{max(times[name]):.3f}"
-        print(f"  {name:11s} {t:7.3f} s  ({spread})  ratio to fwd+bwd {t / base:5.2f}x")
-    print(f"generate eps 0.25 + 0.5 / one forward+backward pass = {med['generate'] / base:.2f}x "
-          f"({med['+ manifest'] / base:.2f}x with the source's error on both sets)")
-    k, r, fgsm = args.steps, args.restarts, med["fgsm set"]
-    print(f"one BIM set (K={k}) / one FGSM set = {med['bim set'] / fgsm:.2f}x ({med['bim set'] / fgsm / k:.2f}x per "
-          f"step); one PGD set (K={k}, R={r}) / one FGSM set = {med['pgd set'] / fgsm:.2f}x "
-          f"({med['pgd set'] / fgsm / (k * r):.2f}x per step and restart)")
+    return jobs
 
 
 if __name__ == "__main__":
