@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data.splits import training_count
 from .errors import UsageProblem
 from .evaluate import evaluate_arrays
+from .networks import build_backend
+from .rng import DropoutMasks
 
 MAX_EPS_VALUES = 1000
 LOSSES = ("model", "sigmoid_bce", "softmax_ce")
@@ -84,16 +87,10 @@ def split_checksum(raw: dict, split) -> str:
     return h.hexdigest()
 
 
-# Images in each data set's training file (the validation split is the last 10 000 of them).
-TRAIN_FILE_SIZES = {"mnist": 60_000, "cifar10": 50_000}
-
-
 def training_indices(cfg) -> tuple[str, int]:
-    """(file, n): a run was trained on the first n images of the `file` ("train") data."""
-    n = TRAIN_FILE_SIZES.get(cfg.data.dataset, 60_000) - (10_000 if cfg.data.eval_split == "validation" else 0)
-    if cfg.data.train_limit is not None:
-        n = min(n, cfg.data.train_limit)
-    return "train", n
+    """(file, n): a run was trained on the first n images of the `file` ("train") data (the data set registry's
+    sizes and validation hold-out)."""
+    return "train", training_count(cfg.data)
 
 
 def overlap_with_training(cfg, manifest: dict, indices: np.ndarray) -> int:
@@ -171,8 +168,6 @@ def gradient_network(net, cfg, loss: str):
         raise UsageProblem(f"invalid value for --loss: {loss!r} (expected one of {', '.join(LOSSES)})")
     if loss in ("model", cfg.model.output):
         return net, cfg.model.output
-    from .networks import build_backend
-
     other = cfg.model_copy(deep=True)
     other.model.output = loss
     g = build_backend(other, net.name, net.device, net.dtype)
@@ -198,8 +193,6 @@ def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cf
     With `train_mode_cfg` (the source's RunConfig) dropout is active, as while training (--model-mode train)."""
     masks = None
     if train_mode_cfg is not None:
-        from .rng import DropoutMasks
-
         masks = DropoutMasks(train_mode_cfg.runtime.seed, ATTACK_MASK_EPOCH)
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")

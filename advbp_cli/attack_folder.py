@@ -12,7 +12,6 @@ from typing import Callable
 from . import __version__, outdir
 from .attack import (
     ATTACK_MASK_EPOCH,
-    TRAIN_FILE_SIZES,
     clip_rule,
     error_of,
     finite_inputs,
@@ -22,10 +21,11 @@ from .attack import (
     zero_gradient_warning,
 )
 from .attack_methods import AttackParams, get_method, run_attack
-from .attack_sets import DIR_MANIFEST, IMAGE_SHAPES, dequantise, quantise, write_dir_manifest, write_set
+from .attack_sets import DIR_MANIFEST, dequantise, quantise, write_dir_manifest, write_set
 from .backends import architecture, uses_dropout
-from .data import cifar10, mnist
 from .data.download import sha256_of
+from .data.registry import get_dataset
+from .data.splits import idx_writable, recorded_image_shape, split_definition
 from .errors import UsageProblem, os_problem
 from .model_data import load_models
 from .provenance import provenance
@@ -99,7 +99,7 @@ def _check_source(req: AttackRequest, model) -> None:
     """What can be refused from the network alone, before any data is read."""
     cfg = model.cfg
     dataset, kind = cfg.data.dataset, cfg.data.preprocess
-    if req.fmt == "idx" and (dataset != "mnist" or kind != "scale01" or cfg.model.input_size not in IMAGE_SHAPES):
+    if req.fmt == "idx" and not idx_writable(cfg):
         raise UsageProblem(f"--format idx writes uint8 MNIST images of pixels in [0, 1]; {req.source} is a {dataset} "
                            f"model with {kind} inputs, so use --format npz")
     if kind == "zca":
@@ -130,13 +130,13 @@ def _common_manifest(req: AttackRequest, model, data, loss_name: str, rule, info
         "dataset": {
             "name": cfg.data.dataset,
             "split": req.split,
-            "split_definition": split_definition(req.split, cfg),
+            "split_definition": split_definition(req.split, cfg.data),
             "source_file": data.source,
             "n": int(len(data.y)),
             "limit": req.limit,
             "checksum": split_checksum(model.raw, data),
             "checksum_of": "sha256 of the split's original uint8 pixels then uint8 labels, in index order",
-            "files_sha256": files_sha256(cfg.data.dataset),
+            "files_sha256": dict(get_dataset(cfg.data.dataset).files_sha256),
         },
         "preprocess": data.preprocess,
         "preprocess_identity": preprocess_identity(data.preprocess),
@@ -144,7 +144,7 @@ def _common_manifest(req: AttackRequest, model, data, loss_name: str, rule, info
                         f"{kind}-preprocessed pixels; the clean inputs are the split's images under the source "
                         "run's preprocessing, fitted on its training split"),
         "input_shape": [cfg.model.input_size],
-        "image_shape": image_shape(cfg),
+        "image_shape": recorded_image_shape(cfg),
         "source": {
             "argument": str(req.source),
             "checkpoint": str(model.checkpoint),
@@ -201,33 +201,6 @@ def _write_one(stage: Path, out: Path, req: AttackRequest, method, adv, data, ne
 
 
 # ------------------------------------------------------------------------------------------ what a manifest says
-def split_definition(split: str, cfg) -> str:
-    n_file = TRAIN_FILE_SIZES[cfg.data.dataset]
-    if split == "validation":
-        return f"training images {n_file - 10_000}..{n_file - 1} (the last 10 000)"
-    if split == "test":
-        return "the 10 000 test images"
-    if cfg.data.eval_split == "validation":
-        return f"training images 0..{n_file - 10_001} (the source's training data)"
-    return f"all {n_file} training images"
-
-
-def files_sha256(dataset: str) -> dict:
-    if dataset == "cifar10":
-        return {f"{name}.bin": sha for name, sha in cifar10.SHA256_BIN.items()}
-    return {f"{name}.gz": mnist.SHA256_GZ[name] for name in mnist.FILES}
-
-
-def image_shape(cfg) -> list[int]:
-    if cfg.data.dataset == "mnist" and cfg.model.input_size in IMAGE_SHAPES:  # what idx files are shaped as
-        return list(IMAGE_SHAPES[cfg.model.input_size])
-    if cfg.model.input_shape is not None:
-        return list(cfg.model.input_shape)
-    if cfg.data.dataset == "cifar10":
-        return [3, 32, 32]  # (C, H, W): R, G, B planes
-    return [cfg.model.input_size]
-
-
 def mode_note(cfg, model_mode: str = "eval") -> str:
     if uses_dropout(architecture(cfg.model), cfg.train):
         if model_mode == "train":

@@ -10,7 +10,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
+from .backends import architecture
+from .config import RunConfig
 from .errors import UsageProblem
 from .files import atomic_path
 
@@ -23,8 +26,6 @@ OPTIMIZER_PREFIX = "momentum."  # momentum buffers travel in the checkpoint as `
 def expected_shapes(model_cfg) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes: conv.i.weight (out, in, k, k) and conv.i.bias for a conv net's conv layers,
     then layers.i.weight (fan_in, fan_out) and layers.i.bias (see backends.Architecture)."""
-    from .backends import architecture
-
     return architecture(model_cfg).param_shapes()
 
 
@@ -72,8 +73,6 @@ def _write_safetensors(fh, head: bytes, arrays: dict[str, np.ndarray]) -> None:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """A checkpoint's metadata alone (the header; no tensor is read)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
@@ -86,8 +85,6 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata, without pickle; any unreadable file is a UsageProblem, not a traceback."""
-    from safetensors import safe_open
-
     try:
         tensors = {}
         with safe_open(str(path), framework="numpy") as fh:
@@ -148,8 +145,6 @@ def differing_fields(a: dict, b: dict, identity: bool = True) -> list[str]:
 
 def config_of(path: Path, meta: dict[str, str]):
     """The RunConfig a checkpoint's metadata records (fields added since it was written take their defaults)."""
-    from .config import RunConfig
-
     try:
         raw = json.loads(meta.get("config", ""))
     except json.JSONDecodeError:

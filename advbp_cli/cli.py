@@ -14,7 +14,7 @@ from .commands.presets import presets_cmd
 from .commands.report import report_cmd
 from .commands.sweep import sweep_cmd
 from .commands.train import train_cmd
-from .errors import TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
+from .errors import Interrupted, TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -40,8 +40,6 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .trainer import Interrupted
-
     try:
         code = cli.main(args=argv, prog_name="advbp", standalone_mode=False)
     except click.exceptions.Abort:
@@ -54,10 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:  # bad option, unknown command, bad value: click's usage errors
         click.echo(f"Error: {_one_line(exc.format_message())} (see 'advbp {_command_of(argv)}--help')", err=True)
         code = exc.exit_code
-    except UsageProblem as exc:
-        click.echo(f"Error: {_one_line(exc)}", err=True)
-        code = exc.exit_code
-    except TrainingDiverged as exc:
+    except (UsageProblem, TrainingDiverged) as exc:
         click.echo(f"Error: {_one_line(exc)}", err=True)
         code = exc.exit_code
     except Interrupted as exc:

@@ -14,7 +14,8 @@ from typing import Annotated, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .backends import available_backends
+from .backends import architecture, available_backends
+from .data.registry import DEFAULT_DATASET, dataset_names, get_dataset
 from .errors import UsageProblem
 from .threads import parse_threads
 
@@ -37,7 +38,8 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    input_size: int = Field(784, gt=0, description="flattened input size (MNIST: 28x28)")
+    input_size: int = Field(get_dataset(DEFAULT_DATASET).features, gt=0,
+                            description="flattened input size (follows data.dataset when left out)")
     hidden: list[int] = Field([400, 400], min_length=1, description="sizes of the hidden (fully connected) layers",
                               json_schema_extra=_paper("MNIST 400,400 / 800,800 / 1200,1200; CIFAR-10 3000,3000 "
                                                        "or, after the conv layers, 2048,2048"))
@@ -92,8 +94,6 @@ class ModelConfig(_Strict):
                 raise ValueError("arch conv needs input_shape = [C, H, W]")
             if self.conv_kernel % 2 == 0:
                 raise ValueError(f"conv_kernel must be odd for 'same' padding (got {self.conv_kernel})")
-            from .backends import architecture
-
             sizes = [(h, w)] + [s[1:] for s in architecture(self).conv_outputs()]
             if min(min(s) for s in sizes) <= 0:
                 raise ValueError(f"the images are too small for {len(self.conv_channels)} poolings of "
@@ -170,14 +170,13 @@ class TrainConfig(_Strict):
         return v
 
 
-# Features per image of each data set (flattened): MNIST 28x28, CIFAR-10 3x32x32 (R, G, B planes).
-DATASET_FEATURES = {"mnist": 784, "cifar10": 3072}
-# Classes of each data set: the output layer must have exactly this many units (labels index it).
-DATASET_CLASSES = {"mnist": 10, "cifar10": 10}
+def _dataset_help() -> str:
+    return "the data set: " + "; ".join(f"{n}, {get_dataset(n).description}" for n in dataset_names())
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "cifar10"] = Field("mnist", description="the data set: mnist (Table 2) or cifar10 (Table 3)")
+    # the accepted names are the data set registry's (advbp_cli/data/registry.py), as the backends' are theirs
+    dataset: Annotated[str, Choices(dataset_names)] = Field(DEFAULT_DATASET, description=_dataset_help())
     eval_split: Literal["test", "validation"] = Field(
         "test",
         description="test: train on the whole training set (MNIST 60k, CIFAR-10 50k), evaluate on the 10k test set; "
@@ -194,6 +193,13 @@ class DataConfig(_Strict):
     train_limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     eval_limit: Optional[int] = Field(None, gt=0, description="use only the first N evaluation images")
     eval_train_error: bool = Field(True, description="measure the clean training error after every epoch")
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, v):
+        if v not in dataset_names():
+            raise ValueError(f"unknown data set {v!r} (accepted: {', '.join(dataset_names())})")
+        return v
 
 
 class RuntimeConfig(_Strict):
@@ -234,10 +240,11 @@ class RunConfig(_Strict):
     def _input_size_follows_dataset(cls, values):
         # model.input_size left out: it follows the data set (so `--dataset cifar10` alone gives 3072 inputs)
         if isinstance(values, dict) and isinstance(values.get("data"), dict):
-            n = DATASET_FEATURES.get(values["data"].get("dataset"))
+            name = values["data"].get("dataset")
             model = values.get("model", {})
-            if n is not None and isinstance(model, dict) and "input_size" not in model:
-                values = {**values, "model": {**model, "input_size": n}}
+            # an unknown name is left to DataConfig's own check, which names the accepted ones
+            if name in dataset_names() and isinstance(model, dict) and "input_size" not in model:
+                values = {**values, "model": {**model, "input_size": get_dataset(name).features}}
         return values
 
     @model_validator(mode="after")
@@ -254,11 +261,12 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _input_size_matches_dataset(self):
-        n = DATASET_FEATURES[self.data.dataset]
+        spec = get_dataset(self.data.dataset)
+        n = spec.features
         if self.model.input_size != n:
             raise ValueError(f"model.input_size is {self.model.input_size}, but {self.data.dataset} images have {n} "
                              f"features; set input_size = {n} (or leave it out) in the model section")
-        k = DATASET_CLASSES[self.data.dataset]
+        k = spec.classes
         if self.model.num_classes != k:
             raise ValueError(f"model.num_classes is {self.model.num_classes}, but {self.data.dataset} has {k} classes "
                              f"(labels 0-{k - 1}); use --num-classes {k}")

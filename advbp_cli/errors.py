@@ -1,4 +1,6 @@
-"""The one exception type for mistakes a user can make; the CLI turns it into one line and exit code 2."""
+"""The exceptions that end a command, each printed by cli.main as one line with its exit code: UsageProblem
+(anything the user can fix, exit 2; DataMissing is one), TrainingDiverged (exit 3) and Interrupted (Ctrl-C, exit
+130). Library code raises these; only cli.main turns them into text."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ class TrainingDiverged(Exception):
     """NaN or Inf in the loss or the weights. The run keeps its last good checkpoint; exit 3."""
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training or a sweep; the completed epochs are on disk. Printed as `Stopped: <message>`, exit 130."""
+
+    exit_code = 130
 
 
 def os_error_text(exc: OSError) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UsageProblem
+
 CHUNK = 5000
 
 
@@ -50,8 +52,6 @@ def _evaluate(backend, x: np.ndarray, y: np.ndarray, sparsity: bool) -> Evaluati
 
 def check_finite(ev: Evaluation, what: str) -> Evaluation:
     """An evaluation is an answer only if every output and the loss are finite numbers: otherwise one line."""
-    from .errors import UsageProblem
-
     if ev.nonfinite or not np.isfinite(ev.error) or not np.isfinite(ev.loss):
         count = f"for {ev.nonfinite} of {ev.n} samples" if ev.nonfinite else "in its loss"
         raise UsageProblem(f"{what}: the network's outputs are NaN or Inf {count}, so there is no error rate to "

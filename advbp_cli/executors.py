@@ -32,7 +32,10 @@ import socket
 import sys
 from pathlib import Path
 
-from .errors import UsageProblem
+from .errors import Interrupted, UsageProblem
+from .parallel import LocalExecutor
+from .rundir import RunDir
+from .sweep import RunOutcome, run_config, run_one, run_relpath
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = "pip install 'advbp[ray]'"
@@ -45,7 +48,7 @@ RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def import_ray():
     try:
-        import ray
+        import ray  # lazy: an optional extra, imported only for --executor ray
     except ImportError as exc:
         raise UsageProblem(f"--executor ray needs Ray, which cannot be imported here ({exc}); "
                            f"install it with: {INSTALL_HINT}") from None
@@ -62,8 +65,6 @@ def make_executor(name: str, address: str | None, cpus_per_run: float | None, gp
         if given:
             raise UsageProblem(f"{', '.join(given)} only apply to --executor ray (the local executor runs its runs "
                                "in worker processes on this machine; --workers sets how many)")
-        from .parallel import LocalExecutor
-
         return contextlib.nullcontext(LocalExecutor("auto" if workers is None else workers))
     if name != "ray":
         raise UsageProblem(f"invalid value for --executor: {name!r} (expected one of {', '.join(EXECUTORS)})")
@@ -146,8 +147,6 @@ def thread_env(cpus_per_run: float) -> dict[str, str]:
 def run_task(sweep_dir: str, preset: str, seed: int, overrides: dict, data_dir: str, argv: list[str]) -> dict:
     """The body of one Ray task: `run_one` for (preset, seed), its outcome as a plain dict. UsageProblem comes
     back as status "failed" (a retry would not fix it); TrainingDiverged already comes back as "diverged"."""
-    from .sweep import RunOutcome, run_one, run_relpath
-
     old_argv = sys.argv
     sys.argv = list(argv)  # provenance records the sweep's command line, as with the local executor
     try:
@@ -283,9 +282,6 @@ class RayExecutor:
 
     # --- running
     def __call__(self, sweep_dir: Path, request, data_dir: Path, ev) -> list:
-        from .rundir import RunDir
-        from .sweep import RunOutcome, run_config, run_relpath
-
         ray = import_ray()
         sweep_dir = Path(sweep_dir).resolve()  # workers may start in another directory (or on another node)
         data_dir = Path(data_dir).resolve()
@@ -319,8 +315,6 @@ class RayExecutor:
                 for w in watches.values():
                     w.poll(ev)
         except KeyboardInterrupt:
-            from .trainer import Interrupted
-
             for ref in pending:  # kills their workers; each run keeps its last checkpoint
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
@@ -329,8 +323,6 @@ class RayExecutor:
         return [outcomes[k] for k in request.runs()]
 
     def _outcome(self, ray, ref, preset: str, seed: int):
-        from .sweep import RunOutcome, run_relpath
-
         rel = run_relpath(preset, seed)
         try:
             return RunOutcome(**ray.get(ref))

@@ -1,7 +1,9 @@
 """The report's four figures, drawn with matplotlib's object API (no pyplot, so no global state and no GUI).
 
-Every function takes plain numbers and arrays, writes one file atomically and returns its size. Figure sizes
-are fixed (no tight bounding box), so a PNG is always `figsize x DPI` pixels and tests can check the header.
+Every figure has a `draw_*` function that takes plain numbers and arrays and returns the matplotlib Figure (tests
+measure its text and legend with matplotlib's renderer), and a function that writes it atomically and returns its
+size. Sizes are set here, never by a tight bounding box, so a PNG is exactly the returned size: Figures 1, 3 and 4
+have fixed sizes per panel (Figure 1 grows with its legend), Figure 2 follows its mosaics (see draw_weight_tiles).
 matplotlib is imported inside the functions: importing advbp_cli never imports it.
 """
 
@@ -17,11 +19,15 @@ import numpy as np
 from .files import atomic_path
 
 DPI = 100
-CURVES_SIZE = (8.0, 4.8)  # inches: Figure 1
-TILE_PANEL = (3.6, 3.9)  # inches per panel: Figure 2
+CURVES_SIZE = (8.0, 4.8)  # inches: Figure 1 (taller when its legend needs more than two rows)
 HIST_PANEL = (4.4, 3.4)  # inches per panel: Figure 3
 MAX_COLUMNS = 3  # panels per row in Figures 2 and 3
 PAD = 1  # pixels between weight tiles
+MARKERS_UP_TO = 20  # Figure 1 marks every epoch of a curve with at most this many points (one point is visible)
+SYMLOG_SPAN = 10  # Figure 1 uses a symlog axis when the data span more than this factor (or reach 0)
+TILE_AREA_PX = 300  # Figure 2: a mosaic is zoomed by a whole number to at most this size (see tile_zoom)
+TILE_PANEL_MIN_PX = 360  # Figure 2: the narrowest panel (room for its title)
+TILE_MARGIN_PX = 8  # Figure 2: around panels, titles and the figure's edge
 
 
 @dataclass
@@ -69,10 +75,62 @@ def bars_figsize(n: int) -> tuple[float, float]:
     return max(6.0, 1.0 + 0.9 * n), 4.8
 
 
-def _figure(figsize):
+def _figure(figsize, layout="constrained"):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return Figure(figsize=figsize, dpi=DPI, layout=layout)
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    return canvas.get_renderer()
+
+
+def text_width_px(fig, text: str, **props) -> float:
+    """The rendered width of `text` (widest line) in pixels, measured by matplotlib's renderer."""
+    t = fig.text(0, 0, text, **props)
+    try:
+        return t.get_window_extent(_renderer(fig)).width
+    finally:
+        t.remove()
+
+
+def _pieces(word: str) -> list[str]:
+    """A word too long for a line, cut after '-', '_', '/' or ',' (run names: mnist-relu-2x400-adv-seed0)."""
+    out, cur = [], ""
+    for ch in word:
+        cur += ch
+        if ch in "-_/,":
+            out.append(cur)
+            cur = ""
+    return out + ([cur] if cur else [])
+
+
+def fit_text(fig, text: str, max_px: float, **props) -> str:
+    """`text` with line breaks added so that no line is wider than max_px when drawn with `props`: greedy, at
+    spaces first, then after '-', '_', '/' inside a long word, then between characters. Existing line breaks
+    are kept. Titles are wrapped, never clipped or shrunk."""
+
+    def fits(s: str) -> bool:
+        return text_width_px(fig, s, **props) <= max_px
+
+    def wrap(line: str) -> list[str]:
+        tokens: list[tuple[str, str]] = []  # (piece, separator before the next piece)
+        for word in line.split(" "):
+            parts = [word] if fits(word) else _pieces(word)
+            parts = [q for part in parts for q in ([part] if fits(part) else list(part))]
+            tokens += [(q, "") for q in parts[:-1]] + [(parts[-1], " ")]
+        lines, cur = [], ""
+        for piece, sep in tokens:
+            if cur and not fits(cur + piece):
+                lines.append(cur.rstrip())
+                cur = ""
+            cur += piece + sep
+        return lines + [cur.rstrip()]
+
+    return "\n".join(out for line in text.split("\n") for out in wrap(line))
 
 
 def _save(fig, path: Path, fmt: str) -> tuple[int, int]:
@@ -113,38 +171,104 @@ def _colors(n: int):
     return [cmap(i % 10) for i in range(n)]
 
 
-def error_curves(curves: list[Curve], path: Path, fmt: str) -> tuple[int, int]:
-    """Figure 1: clean training error (dashed) and evaluation error (solid) per epoch."""
-    fig = _figure(CURVES_SIZE)
+def curve_values(curves: list[Curve]) -> np.ndarray:
+    """Every value Figure 1 draws (means and the ends of the std bands), for its axis limits."""
+    vals = []
+    for c in curves:
+        for mean, std in ((c.eval_mean, c.eval_std), (c.train_mean, c.train_std)):
+            if mean is None:
+                continue
+            vals.append(mean)
+            if std is not None:
+                vals += [np.maximum(mean - std, 0), mean + std]
+    v = np.concatenate([np.ravel(a) for a in vals]).astype(float)
+    return v[np.isfinite(v)]
+
+
+def error_axis(values: np.ndarray) -> tuple[str, tuple[float, float]]:
+    """("symlog" | "linear", (bottom, top)) for Figure 1's error axis, following the data: symlog when the curves
+    reach 0 or span more than a factor SYMLOG_SPAN (a clean training error falling to 0, the paper's point, next to
+    a test error of 1-2 %); otherwise a linear axis over the data's range with a margin (60-90 % CIFAR-10 curves,
+    a few epochs of MNIST). Never below 0 or above 100 %."""
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if hi <= 0 or lo < hi / SYMLOG_SPAN:
+        return "symlog", (0.0, min(max(hi, 1.0) * 1.6, 100.0 if hi <= 100 else hi * 1.05))
+    margin = max((hi - lo) * 0.1, hi * 0.02, 0.05)
+    bottom = max(lo - margin, 0.0)
+    top = hi + margin if hi > 100 else min(hi + margin, 100.0)
+    return "linear", (bottom, top)
+
+
+def epoch_axis(epochs: list[np.ndarray]) -> tuple[float, float]:
+    """x limits: half an epoch beyond the first and last epoch for short runs (one epoch is a point in the middle),
+    2 % of the span for long ones."""
+    first = min(float(e.min()) for e in epochs)
+    last = max(float(e.max()) for e in epochs)
+    pad = max(0.5, 0.02 * (last - first))
+    return first - pad, last + pad
+
+
+def draw_error_curves(curves: list[Curve]):
+    """Figure 1 as a matplotlib Figure: clean training error (dashed) and evaluation error (solid) per epoch, one
+    colour per run (or sweep preset, with a +-std band); the legend sits below the axes, so it never covers a
+    curve, and names each colour once plus what solid and dashed mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    labels = []
+    for c in curves:
+        tag = f", mean ± std of {c.n_runs}" if c.n_runs > 1 else ""
+        labels.append(f"{c.label}: {c.eval_split}{tag}")
+    marked = any(len(c.epochs) <= MARKERS_UP_TO for c in curves)
+    dot, ring = ({"marker": "o", "ms": 4}, {"marker": "o", "ms": 4, "mfc": "white"}) if marked else ({}, {})
+    style = [Line2D([], [], color="0.3", lw=1.6, label="solid" + (", filled" if marked else "") + ": evaluation error", **dot),
+             Line2D([], [], color="0.3", lw=1.2, ls="--", label="dashed" + (", open" if marked else "")
+                    + ": clean training error", **ring)]
+    has_train = any(c.train_mean is not None for c in curves)
+    n_entries = len(curves) + (2 if has_train else 1)
+    ncols = 1 if n_entries == 1 else (2 if n_entries <= 6 else 3)
+    rows = math.ceil(n_entries / ncols)
+    fig = _figure((CURVES_SIZE[0], CURVES_SIZE[1] + 0.2 * max(0, rows - 2)))
     ax = fig.add_subplot()
-    for c, color in zip(curves, _colors(len(curves))):
-        tag = f" (mean of {c.n_runs})" if c.n_runs > 1 else ""
-        ax.plot(c.epochs, c.eval_mean, color=color, lw=1.6, label=f"{c.label}: {c.eval_split}{tag}")
+    # a legend column is the figure's width / ncols, less the line sample drawn before each label
+    label_px = fig.bbox.width / ncols - 70
+    lines = []
+    for c, color, label in zip(curves, _colors(len(curves)), labels):
+        label = fit_text(fig, label, label_px, fontsize="small")
+        mark = {"marker": "o", "ms": 4} if len(c.epochs) <= MARKERS_UP_TO else {}
+        lines.append(ax.plot(c.epochs, c.eval_mean, color=color, lw=1.6, label=label, **mark)[0])
         if c.eval_std is not None:
             ax.fill_between(c.epochs, c.eval_mean - c.eval_std, c.eval_mean + c.eval_std, color=color, alpha=0.2, lw=0)
         if c.train_mean is not None:
-            ax.plot(c.epochs, c.train_mean, color=color, lw=1.2, ls="--", label=f"{c.label}: clean train{tag}")
+            train_mark = {**mark, "mfc": "white"} if mark else {}
+            ax.plot(c.epochs, c.train_mean, color=color, lw=1.2, ls="--", **train_mark)
             if c.train_std is not None:
                 ax.fill_between(c.epochs, np.maximum(c.train_mean - c.train_std, 0), c.train_mean + c.train_std,
                                 color=color, alpha=0.12, lw=0)
-    # symlog: the clean training error reaches exactly 0 (the paper's point), which a log axis cannot show
-    ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
-    top = max(float(np.nanmax(c.eval_mean)) for c in curves)
-    if any(c.train_mean is not None for c in curves):
-        top = max(top, max(float(np.nanmax(c.train_mean)) for c in curves if c.train_mean is not None))
-    ax.set_ylim(0, max(top, 1.0) * 1.6)  # headroom above the highest point (and room for the legend)
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(FixedLocator([0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]))
+    scale, (bottom, top) = error_axis(curve_values(curves))
+    if scale == "symlog":
+        # symlog: the clean training error reaches exactly 0 (the paper's point), which a log axis cannot show
+        ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.yaxis.set_major_locator(FixedLocator([0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]))
+        ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10]))
+    ax.set_ylim(bottom, top)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.yaxis.set_minor_locator(FixedLocator([]))
+    ax.set_xlim(*epoch_axis([c.epochs for c in curves]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("error (%)")
-    ax.set_title("Error curves (cf. paper Figure 1)")
+    ax.set_ylabel("error (%)" + (" (symlog axis)" if scale == "symlog" else ""))
+    ax.set_title(fit_text(fig, "Error curves (cf. paper Figure 1)", fig.bbox.width * 0.95))
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small", ncols=2 if len(curves) > 3 else 1)
-    return _save(fig, path, fmt)
+    fig.legend(handles=lines + (style if has_train else style[:1]), loc="outside lower center", ncols=ncols,
+               fontsize="small", frameon=False)
+    return fig
+
+
+def error_curves(curves: list[Curve], path: Path, fmt: str) -> tuple[int, int]:
+    """Figure 1, written to `path`."""
+    return _save(draw_error_curves(curves), path, fmt)
 
 
 def weight_mosaic(weights: np.ndarray, n_tiles: int, tile_shape: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -178,28 +302,78 @@ def rgb_image(mosaic: np.ndarray, background: float = 1.0) -> np.ndarray:
     return np.where(np.isnan(mosaic), background, (np.nan_to_num(mosaic) + 1.0) / 2.0).clip(0.0, 1.0)
 
 
-def weight_tiles(panels: list[tuple], n_tiles: int, path: Path, fmt: str) -> tuple[int, int]:
-    """Figure 2: each panel is one network's first layer, one tile per unit (or conv filter). A panel is
-    (label, weights (C*H*W, units)) or (label, weights, (C, H, W), what) with what e.g. "units"/"conv filters";
-    C = 3 tiles are drawn in colour (R, G, B), C = 1 in grey."""
-    fig = _figure(panels_figsize(TILE_PANEL, len(panels)))
-    rows, cols = panel_grid(len(panels))
-    for i, panel in enumerate(panels):
+def tile_zoom(height: int, width: int) -> int:
+    """Figure 2 draws a mosaic at the largest whole-number zoom that keeps it within TILE_AREA_PX, and never below
+    1:1: shrinking would drop pixel rows, and the 1-pixel separators between tiles with them."""
+    return max(1, TILE_AREA_PX // max(height, width))
+
+
+def _text_size_px(fig, text: str, **props) -> tuple[int, int]:
+    t = fig.text(0, 0, text, **props)
+    try:
+        box = t.get_window_extent(_renderer(fig))
+    finally:
+        t.remove()
+    return math.ceil(box.width), math.ceil(box.height)
+
+
+def draw_weight_tiles(panels: list[tuple], n_tiles: int):
+    """Figure 2 as a matplotlib Figure: each panel is one network's first layer, one tile per unit (or conv
+    filter). A panel is (label, weights (C*H*W, units)) or (label, weights, (C, H, W), what) with what e.g.
+    "units"/"conv filters"; C = 3 tiles are drawn in colour (R, G, B), C = 1 in grey.
+
+    Laid out by hand in whole pixels (no automatic layout): every mosaic is drawn at a whole-number zoom (see
+    tile_zoom), so all tiles and separators keep the same width, and the figure grows to fit it; titles are
+    wrapped to their panel's width, so nothing is clipped."""
+    items = []
+    for panel in panels:
         label, w = panel[0], panel[1]
         shape = panel[2] if len(panel) > 2 else None
         what = panel[3] if len(panel) > 3 else "units"
-        ax = fig.add_subplot(rows, cols, i + 1)
-        k = min(n_tiles, w.shape[1])
         mosaic = weight_mosaic(w, n_tiles, shape)
-        if mosaic.ndim == 3:
-            ax.imshow(rgb_image(mosaic), interpolation="nearest")
-        else:
-            ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         size = "" if shape is None else f" ({'x'.join(map(str, shape))})"
-        ax.set_title(f"{label}\nfirst {k} of {w.shape[1]} {what}{size}", fontsize="small")
-        ax.set_axis_off()
-    fig.suptitle("First hidden layer features (cf. paper Figure 2)")
-    return _save(fig, path, fmt)
+        title = f"{label}\nfirst {min(n_tiles, w.shape[1])} of {w.shape[1]} {what}{size}"
+        items.append((title, mosaic, tile_zoom(*mosaic.shape[:2])))
+    rows, cols = panel_grid(len(items))
+    grid = [items[r * cols : (r + 1) * cols] for r in range(rows)]
+    col_w = [max([TILE_PANEL_MIN_PX] + [row[c][1].shape[1] * row[c][2] + 2 * TILE_MARGIN_PX
+                                        for row in grid if c < len(row)]) for c in range(cols)]
+    fig = _figure((1, 1), layout=None)  # sized below, once the wrapped titles are measured
+    title_props = {"fontsize": "small", "ha": "center", "va": "top"}
+    titles = [[fit_text(fig, it[0], col_w[c] - 2 * TILE_MARGIN_PX, fontsize="small") for c, it in enumerate(row)]
+              for row in grid]
+    title_h = [[_text_size_px(fig, t, fontsize="small")[1] for t in row] for row in titles]
+    row_h = [max(th + TILE_MARGIN_PX + it[1].shape[0] * it[2] for th, it in zip(title_h[r], grid[r])) + 2 * TILE_MARGIN_PX
+             for r in range(rows)]
+    width = sum(col_w)
+    sup = fit_text(fig, "First hidden layer features (cf. paper Figure 2)", width - 2 * TILE_MARGIN_PX, fontsize="large")
+    sup_h = _text_size_px(fig, sup, fontsize="large")[1]
+    height = sup_h + 2 * TILE_MARGIN_PX + sum(row_h)
+    fig.set_size_inches(width / DPI, height / DPI)
+
+    fig.text(0.5, 1 - TILE_MARGIN_PX / height, sup, fontsize="large", ha="center", va="top")
+    top = height - sup_h - 2 * TILE_MARGIN_PX  # pixels from the bottom edge
+    for r, row in enumerate(grid):
+        left = 0
+        for c, (_title, mosaic, zoom) in enumerate(row):
+            fig.text((left + col_w[c] / 2) / width, (top - TILE_MARGIN_PX) / height, titles[r][c], **title_props)
+            img_h, img_w = mosaic.shape[0] * zoom, mosaic.shape[1] * zoom
+            x0 = left + (col_w[c] - img_w) // 2
+            y0 = top - TILE_MARGIN_PX - title_h[r][c] - TILE_MARGIN_PX - img_h
+            ax = fig.add_axes((x0 / width, y0 / height, img_w / width, img_h / height))
+            if mosaic.ndim == 3:
+                ax.imshow(rgb_image(mosaic), interpolation="nearest", aspect="auto")
+            else:
+                ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1, interpolation="nearest", aspect="auto")
+            ax.set_axis_off()
+            left += col_w[c]
+        top -= row_h[r]
+    return fig
+
+
+def weight_tiles(panels: list[tuple], n_tiles: int, path: Path, fmt: str) -> tuple[int, int]:
+    """Figure 2, written to `path`."""
+    return _save(draw_weight_tiles(panels, n_tiles), path, fmt)
 
 
 @dataclass
@@ -225,11 +399,13 @@ def histogram(layers: list[np.ndarray], zero_fractions: list[float], n_bins: int
     return Histogram(bins, fractions, list(zero_fractions), [a.shape[1] for a in layers])
 
 
-def activation_histograms(panels: list[tuple[str, Histogram]], split_desc: str, path: Path, fmt: str) -> tuple[int, int]:
-    """Figure 3: per network, a histogram of the non-zero hidden activations of each layer (as a fraction of all
-    that layer's activations) with the fractions of exact zeros printed on the panel."""
+def draw_activation_histograms(panels: list[tuple[str, Histogram]], split_desc: str):
+    """Figure 3 as a matplotlib Figure: per network, a histogram of the non-zero hidden activations of each layer
+    (as a fraction of all that layer's activations) with the fractions of exact zeros printed on the panel. Titles
+    are wrapped to fit their panel (the axes are the panel less the y label, ~90 px)."""
     fig = _figure(panels_figsize(HIST_PANEL, len(panels)))
     rows, cols = panel_grid(len(panels))
+    panel_px = HIST_PANEL[0] * DPI
     for i, (label, hist) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         for j, (frac, color) in enumerate(zip(hist.fractions, _colors(len(hist.fractions)))):
@@ -237,13 +413,19 @@ def activation_histograms(panels: list[tuple[str, Histogram]], split_desc: str, 
         ax.set_yscale("log")
         ax.set_xlabel("activation (exact zeros not drawn)")
         ax.set_ylabel("fraction of activations")
-        ax.set_title(label, fontsize="small")
+        ax.set_title(fit_text(fig, label, panel_px - 90, fontsize="small"), fontsize="small")
         ax.text(0.97, 0.95, zeros_text(hist.zero_fractions, hist.sizes), transform=ax.transAxes,
                 ha="right", va="top", fontsize="small", family="monospace",
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
         ax.legend(fontsize="x-small", loc="center right")
-    fig.suptitle(f"Hidden unit activations on {split_desc} (cf. paper Figure 3)")
-    return _save(fig, path, fmt)
+    fig.suptitle(fit_text(fig, f"Hidden unit activations on {split_desc} (cf. paper Figure 3)",
+                          fig.bbox.width - 20, fontsize="large"))
+    return fig
+
+
+def activation_histograms(panels: list[tuple[str, Histogram]], split_desc: str, path: Path, fmt: str) -> tuple[int, int]:
+    """Figure 3, written to `path`."""
+    return _save(draw_activation_histograms(panels, split_desc), path, fmt)
 
 
 def overall_zero_fraction(fractions: list[float], sizes: list[int]) -> float:
@@ -259,8 +441,9 @@ def zeros_text(fractions: list[float], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
-def sweep_bars(bars: list[Bar], eval_split: str, path: Path, fmt: str) -> tuple[int, int]:
-    """Figure 4: our mean +- std over seeds per preset beside the paper's reported value."""
+def draw_sweep_bars(bars: list[Bar], eval_split: str):
+    """Figure 4 as a matplotlib Figure: our mean +- std over seeds per preset beside the paper's reported value.
+    The legend sits above the axes, so it never covers a bar."""
     fig = _figure(bars_figsize(len(bars)))
     ax = fig.add_subplot()
     x = np.arange(len(bars))
@@ -279,8 +462,14 @@ def sweep_bars(bars: list[Bar], eval_split: str, path: Path, fmt: str) -> tuple[
             ax.annotate("no paper\nvalue", (x[i] + width / 2, 0), textcoords="offset points", xytext=(0, 3),
                         ha="center", fontsize="x-small", color="gray")
     ax.set_xticks(x, [b.label for b in bars], rotation=30, ha="right", fontsize="small")
+    ax.set_xlim(x[0] - 0.6, x[-1] + 0.6)  # room for every preset's paper slot, even when its bar is missing
     ax.set_ylabel("error (%)")
-    ax.set_title("Mean error of the last epochs per preset")
+    ax.set_title(fit_text(fig, "Mean error of the last epochs per preset", fig.bbox.width - 20))
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, path, fmt)
+    fig.legend(loc="outside upper center", ncols=2, fontsize="small", frameon=False)
+    return fig
+
+
+def sweep_bars(bars: list[Bar], eval_split: str, path: Path, fmt: str) -> tuple[int, int]:
+    """Figure 4, written to `path`."""
+    return _save(draw_sweep_bars(bars, eval_split), path, fmt)

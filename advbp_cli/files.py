@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UsageProblem
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -103,8 +105,6 @@ def write_json_atomic(final: str | os.PathLike, obj) -> None:
 
 
 def json_text(obj, where, indent: int | None = 2) -> str:
-    from .errors import UsageProblem
-
     try:
         return json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + ("\n" if indent else "")
     except ValueError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .backends import load_backend
+from .backends import backend_module, load_backend
 from .checkpoint import check_params, check_same_record, expected_shapes, read_checkpoint, split_optimizer_state
 from .config import RunConfig
 from .errors import UsageProblem
@@ -75,8 +75,6 @@ def require_device(device: str | None) -> None:
     torch sees no CUDA device (torch is imported only in that case)."""
     if device != "cuda":
         return
-    from .backends import backend_module
-
     try:
         backend_module("torch").device(device)
     except ValueError as exc:

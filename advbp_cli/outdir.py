@@ -22,6 +22,7 @@ import shutil
 import stat as stat_mod
 from pathlib import Path
 
+from . import __version__
 from .errors import UsageProblem, os_problem
 from .files import _fsync_dir, stale_temporaries, write_json_atomic
 
@@ -74,8 +75,6 @@ def owned_files(folder: Path, marker: dict | None = None) -> list[str]:
 
 
 def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> None:
-    from . import __version__
-
     record = {"format": FORMAT, "kind": kind, "advbp_version": __version__,
               "note": "advbp writes into this folder and deletes only its own files (listed here or fixed by the kind)"}
     if files is not None:

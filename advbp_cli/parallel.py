@@ -28,6 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import Interrupted
+from .rundir import RunDir
+from .sweep import RunOutcome, run_config, run_relpath, serial_executor
 from .threads import AUTO, auto_workers, parse_threads, resolve_threads, usable_cpus, worker_env
 
 STOP_SECONDS = 60.0  # how long stopped workers may take to wind down before they are killed
@@ -66,8 +69,6 @@ class LocalExecutor:
         self.stop_seconds = stop_seconds
 
     def worker_count(self, request, pending: list[tuple[str, int]]) -> int:
-        from .sweep import run_config
-
         if not pending:
             return 1
         if self.workers != AUTO:
@@ -79,9 +80,6 @@ class LocalExecutor:
         return min(auto_workers(per_run), len(pending))
 
     def __call__(self, sweep_dir: Path, request, data_dir: Path, ev) -> list:
-        from .rundir import RunDir
-        from .sweep import run_relpath, serial_executor
-
         pending = [(p, s) for p, s in request.runs() if not RunDir(Path(sweep_dir) / run_relpath(p, s)).is_complete()]
         n = self.worker_count(request, pending)
         if n <= 1:
@@ -116,9 +114,6 @@ class _Pool:
         self.stopping = False
 
     def run(self) -> list:
-        from .rundir import RunDir
-        from .sweep import RunOutcome, run_config, run_relpath
-
         todo = deque()
         for preset, seed in self.request.runs():
             rel = run_relpath(preset, seed)
@@ -203,8 +198,6 @@ class _Pool:
             w.interrupted = True
 
     def _finish(self, w: _Worker) -> None:
-        from .sweep import RunOutcome, run_relpath
-
         if self.stopping:  # the sweep stops: what each run saved is the record, --resume goes on from there
             return
         if w.outcome is not None:
@@ -251,7 +244,5 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _interrupted(stopped: int, sweep_dir: Path):
-    from .trainer import Interrupted
-
     return Interrupted(f"interrupted; {stopped} run(s) were stopped, their completed epochs are saved. "
                        f"Resume the sweep with: advbp sweep --resume --out {sweep_dir}")

@@ -10,11 +10,10 @@ training error is measured only say where and how the same experiment runs.
 
 from __future__ import annotations
 
-from .attack import TRAIN_FILE_SIZES
+from . import presets
 from .config import RunConfig, build_config
-from .data.splits import VALIDATION_SIZE
+from .data.registry import get_dataset
 
-TEST_SIZE = 10_000
 # Fields outside the runtime section that do not change what a run computes.
 NOT_PROTOCOL = {("data", "eval_train_error")}
 
@@ -40,11 +39,8 @@ def _text(v) -> str:
 def describe(cfg: RunConfig) -> str:
     """The protocol in words: "150 epochs on all 60000 training images, test error on all 10000 images"."""
     d = cfg.data
-    n_file = TRAIN_FILE_SIZES.get(d.dataset)
-    if n_file is None:
-        return f"{cfg.train.epochs} epochs on {d.dataset}"
-    n_train = n_file - (VALIDATION_SIZE if d.eval_split == "validation" else 0)
-    n_eval = VALIDATION_SIZE if d.eval_split == "validation" else TEST_SIZE
+    spec = get_dataset(d.dataset)
+    n_train, n_eval = spec.training_images(d.eval_split), spec.eval_images(d.eval_split)
     train = f"the first {d.train_limit} of {n_train}" if d.train_limit and d.train_limit < n_train else f"all {n_train}"
     ev = f"the first {d.eval_limit} of {n_eval}" if d.eval_limit and d.eval_limit < n_eval else f"all {n_eval}"
     epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
@@ -55,8 +51,6 @@ def paper_protocol(cfg: RunConfig) -> dict:
     """{"paper": bool, "protocol": words, "paper_protocol": words or None, "differences": [...]}. Only a run of a
     preset with a paper number can follow the paper's protocol; `differences` lists each field that departs
     from it ("train.epochs 3 (paper: 150)")."""
-    from . import presets
-
     out = {"paper": False, "protocol": describe(cfg), "paper_protocol": None, "differences": []}
     if not cfg.preset or cfg.preset not in presets.preset_names():
         out["differences"] = ["no preset: a custom config has no row in the paper"]

@@ -8,7 +8,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy
+
 from . import __version__
+from .threads import thread_counts
 
 
 def git_commit() -> dict:
@@ -27,10 +30,6 @@ def git_commit() -> dict:
 
 
 def provenance(extra_libs: tuple[str, ...] = ()) -> dict:
-    import numpy
-
-    from .threads import thread_counts
-
     libs = {"numpy": numpy.__version__}
     for name in extra_libs:
         mod = sys.modules.get(name)

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, outdir
+from . import __version__, figures, outdir, presets
 from .config import RunConfig
+from .data.registry import get_dataset
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
 from .files import write_json_atomic, write_text_atomic
 from .rundir import CHECKPOINT, CONFIG, RunDir
-
-if TYPE_CHECKING:
-    from . import figures
 
 FORMATS = ("png", "svg")
 NAMES = {
@@ -135,8 +132,6 @@ def _paper_value(cfg: RunConfig, summary: dict | None) -> dict | None:
     if summary and summary.get("paper"):
         return summary["paper"]
     if cfg.preset:
-        from . import presets
-
         if cfg.preset in presets.preset_names():
             return presets.load_preset(cfg.preset).get("paper")
     return None
@@ -222,10 +217,6 @@ def hidden_activations(net, x: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
 
 
-# (C, H, W) of a flat input of each data set, channels in the order the flat vector holds them
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
 def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
     """(weights (C*H*W, units), tile shape (C, H, W), "units" | "conv filters", parameter name) of Figure 2: an
     MLP's first fully connected layer, one image-shaped tile per hidden unit; a conv net's first conv layer, one
@@ -237,7 +228,7 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
         weights, shape, kind, name = w.reshape(out, c * kh * kw).T, (c, kh, kw), "conv filters", "conv.0.weight"
     else:
         weights = np.asarray(params["layers.0.weight"])  # (fan_in, hidden)
-        shape = cfg.model.input_shape or IMAGE_SHAPES.get(cfg.data.dataset)
+        shape = cfg.model.input_shape or get_dataset(cfg.data.dataset).image_shape
         kind, name = "units", "layers.0.weight"
         if shape is None or int(np.prod(shape)) != weights.shape[0]:
             side = int(round(weights.shape[0] ** 0.5))
@@ -252,8 +243,6 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
 
 def build_panels(groups: list[Group], models: list, limit: int | None) -> list[Panel]:
     """One panel per group from its first run, `models[i]` (model_data.ModelWithData) being group i's."""
-    from . import figures
-
     panels = []
     for g, m in zip(groups, models):
         run, net, cfg = g.runs[0], m.net, m.cfg
@@ -271,15 +260,13 @@ def build_panels(groups: list[Group], models: list, limit: int | None) -> list[P
 
 
 def curve_of(group: Group):
-    from .figures import Curve
-
     n = min(r.epochs for r in group.runs)  # seeds are averaged over the epochs all of them have completed
     epochs = np.array([m["epoch"] for m in group.runs[0].metrics[:n]])
     ev = np.array([[m["eval_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float)
     has_train = all("train_error" in m for r in group.runs for m in r.metrics[:n])
     tr = np.array([[m["train_error"] for m in r.metrics[:n]] for r in group.runs], dtype=float) if has_train else None
     many = len(group.runs) > 1
-    return Curve(
+    return figures.Curve(
         label=group.label,
         eval_split=group.runs[0].cfg.data.eval_split,
         epochs=epochs,
@@ -299,14 +286,12 @@ def bar_runs(group: Group) -> tuple[list[RunInfo], bool]:
 
 
 def bar_of(group: Group):
-    from .figures import Bar
-
     runs, partial = bar_runs(group)
     values = np.array([r.headline for r in runs])
     paper = group.runs[0].paper or {}
     # sample std (ddof=1) over seeds, as `advbp sweep`'s summary; none for a single seed
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
+    return figures.Bar(group.label + (" (unfinished)" if partial else ""), float(values.mean()), std, len(values),
                paper.get("error"), paper.get("std"))
 
 
@@ -351,17 +336,27 @@ def _split_desc(panels: list[Panel], limit: int | None) -> str:
 
 
 def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
-    from . import figures
-
+    """Draws the figures into `out`, then writes report.json and index.md beside them; returns report.json."""
     out.mkdir(parents=True, exist_ok=True)
-    groups, panels = report.groups, report.panels
-    sweep_groups = [g for g in groups if g.sweep is not None]
+    curves = [curve_of(g) for g in report.groups]
+    sweep_groups = [g for g in report.groups if g.sweep is not None]
+    bars = [bar_of(g) for g in sweep_groups]
+    split_desc = _split_desc(report.panels, report.limit)
+    figs = _draw(report, curves, bars, sweep_groups, split_desc, out, fmt)
+    result = _summary(report, command, fmt, figs, curves, bars, sweep_groups)
+    write_json_atomic(out / REPORT_JSON, result)
+    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
+    return result
+
+
+def _draw(report: Report, curves, bars, sweep_groups, split_desc: str, out: Path, fmt: str) -> dict[str, dict]:
+    """The four figures (Figure 4 only with a sweep), each {file, width_px, height_px, dpi}."""
+    panels = report.panels
     figs: dict[str, dict] = {}
 
     def file(key):
         return f"{NAMES[key]}.{fmt}"
 
-    curves = [curve_of(g) for g in groups]
     w, h = figures.error_curves(curves, out / file("curves"), fmt)
     figs["curves"] = {"file": file("curves"), "width_px": w, "height_px": h}
 
@@ -369,20 +364,23 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
                                 out / file("features"), fmt)
     figs["features"] = {"file": file("features"), "width_px": w, "height_px": h}
 
-    split_desc = _split_desc(panels, report.limit)
     w, h = figures.activation_histograms([(p.title, p.hist) for p in panels], split_desc,
                                          out / file("activations"), fmt)
     figs["activations"] = {"file": file("activations"), "width_px": w, "height_px": h}
 
-    bars = [bar_of(g) for g in sweep_groups]
     if bars:
         splits = "/".join(sorted({g.runs[0].cfg.data.eval_split for g in sweep_groups}))
         w, h = figures.sweep_bars(bars, splits, out / file("sweep"), fmt)
         figs["sweep"] = {"file": file("sweep"), "width_px": w, "height_px": h}
     for f in figs.values():
         f["dpi"] = figures.DPI
+    return figs
 
-    result = {
+
+def _summary(report: Report, command: str, fmt: str, figs: dict, curves, bars, sweep_groups) -> dict:
+    """report.json: the sources, groups and runs, the figures' files, and every number the figures draw."""
+    groups, panels = report.groups, report.panels
+    return {
         "advbp_version": __version__,
         "command": command,
         "format": fmt,
@@ -420,9 +418,6 @@ def _render(report: Report, out: Path, fmt: str, command: str) -> dict:
             for b, g in zip(bars, sweep_groups)
         ],
     }
-    write_json_atomic(out / REPORT_JSON, result)
-    write_text_atomic(out / INDEX, index_markdown(result, split_desc))
-    return result
 
 
 # --- index.md ----------------------------------------------------------------------------------------------
@@ -451,8 +446,10 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      f"{run['eval_split']} | {_pct(run['headline_error'], 3)} (last {run['mean_last']}) | {_paper(run['paper'])} |")
 
     lines += ["", "## Figure 1: error curves", "", f"![error curves]({figs['curves']['file']})", "",
-              "*Clean training error (dashed) and evaluation error (solid) per epoch; symlog axis, so 0 % is drawn"
-              " (paper Figure 1). A sweep's preset is the mean over its seeds with a ±1 std band.*", "",
+              "*Clean training error (dashed) and evaluation error (solid) per epoch (paper Figure 1). The error axis"
+              " follows the data: symlog when the curves reach 0 % or span more than a factor of 10 (so 0 % is"
+              " drawn), linear over their range otherwise; curves of up to 20 epochs mark every epoch. A sweep's"
+              " preset is the mean over its seeds with a ±1 std band.*", "",
               "| run | runs | epochs | final clean train error (%) | final eval error (%) | lowest eval error (%) (epoch) |",
               "|---|---|---|---|---|---|"]
     for c in r["curves"]:
@@ -486,13 +483,18 @@ def index_markdown(r: dict, split_desc: str) -> str:
                      + f" | {_pct(s['overall_zero_fraction'] * 100, 1)} |")
 
     if "sweep" in figs:
-        lines += ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({figs['sweep']['file']})", "",
-                  "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
-                  " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
-                  "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
-        for b in r["sweep"]:
-            per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
-            paper = _paper({"error": b["paper"], "std": b["paper_std"]})
-            ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
-            lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+        lines += _sweep_section(r)
     return "\n".join(lines) + "\n"
+
+
+def _sweep_section(r: dict) -> list[str]:
+    lines = ["", "## Figure 4: sweep against the paper", "", f"![sweep against the paper]({r['figures']['sweep']['file']})",
+             "", "*Our mean ± sample std over seeds (complete runs, as in the sweep's summary) of each run's mean"
+             " eval error of its last epochs, beside the paper's reported test error ± std.*", "",
+             "| preset | runs | advbp mean ± std (%) | per seed (%) | paper, test (%) |", "|---|---|---|---|---|"]
+    for b in r["sweep"]:
+        per_seed = ", ".join(f"{v:.2f}" for v in b["values"])
+        paper = _paper({"error": b["paper"], "std": b["paper_std"]})
+        ours = f"{b['mean']:.3f}" + (f" ± {b['std']:.3f}" if b["std"] is not None else "")
+        lines.append(f"| {b['label']} | {b['n_runs']} | {ours} | {per_seed} | {paper} |")
+    return lines

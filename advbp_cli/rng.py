@@ -27,8 +27,8 @@ def init_params(sizes: list[int], init_std: float, seed: int) -> dict[str, np.nd
 
 def init_from_shapes(shapes: dict[str, tuple[int, ...]], init_std: float, seed: int) -> dict[str, np.ndarray]:
     """Every `*.weight` N(0, init_std^2) in float64, drawn in the order of `shapes` (conv layers first, then the
-    fully connected ones: Architecture.param_shapes), every `*.bias` 0. For an MLP this is exactly the order
-    init_params always used, so MLP runs start from the same weights as before conv layers existed."""
+    fully connected ones: Architecture.param_shapes), every `*.bias` 0. For an MLP this is init_params' order
+    (layers.0.weight, layers.0.bias, layers.1.weight, ...), so both give the same weights for the same seed."""
     rng = np.random.default_rng([seed, STREAM_INIT])
     return {name: rng.standard_normal(shape) * init_std if name.endswith(".weight") else np.zeros(shape)
             for name, shape in shapes.items()}

@@ -9,7 +9,10 @@ import json
 import os
 from pathlib import Path
 
+from .checkpoint import check_same_record, read_metadata
+from .config import RunConfig
 from .errors import UsageProblem
+from .evaluate import mean_last_epochs
 from .files import json_text, loads_finite, write_json_atomic, write_text_atomic
 from .outdir import LOCK, read_marker, take  # noqa: F401  (LOCK: the lock file's name, used by the tests)
 
@@ -125,9 +128,6 @@ class RunDir:
         """(RunConfig, checkpoint metadata, metrics up to the checkpoint's epoch), checked to be one run: config.json
         has the identity the checkpoint was trained with (checkpoint.check_same_record) and the metrics are the
         ones it records the digest of. Needs the checkpoint; reads only its header."""
-        from .checkpoint import check_same_record, read_metadata
-        from .config import RunConfig
-
         record = self.read_config()
         try:
             cfg = RunConfig.model_validate(record.get("config", record))
@@ -140,8 +140,6 @@ class RunDir:
     def read_verified_summary(self) -> dict:
         """summary.json, only if it is the summary of the run's record: its epochs and its headline (the mean eval
         error of the last epochs) must be what the verified metrics give. An edited summary is refused."""
-        from .evaluate import mean_last_epochs
-
         summary = self.read_summary()
         cfg, meta, rows = self.read_record()
         head = summary.get("headline")

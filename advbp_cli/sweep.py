@@ -28,11 +28,18 @@ from typing import Callable
 
 from . import outdir
 from . import presets as preset_files
+from .checkpoint import read_checkpoint
 from .config import RunConfig, build_config, deep_merge, option_name
-from .errors import TrainingDiverged, UsageProblem, os_problem
+from .data.paths import explained, resolve_data_dir
+from .data.splits import ensure_dataset
+from .errors import Interrupted, TrainingDiverged, UsageProblem, os_problem
 from .files import write_json_atomic, write_text_atomic
+from .networks import require_device
 from .protocol import paper_protocol
+from .provenance import provenance
 from .rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
+from .threads import resolve_threads
+from .trainer import train
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_JSON = "summary.json"
@@ -205,9 +212,6 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
     again. Takes only plain values and locks its own run directory, so runs can be executed in any order and
     in separate processes. TrainingDiverged is returned as status "diverged", not raised. `workers` runs share
     `cpus` CPUs (default: all usable ones): the run's thread count is its share (advbp_cli.threads)."""
-    from .threads import resolve_threads
-    from .trainer import Interrupted, train
-
     cfg = run_config(preset, seed, overrides)
     rel = run_relpath(preset, seed)
     run = RunDir(Path(sweep_dir) / rel)
@@ -242,8 +246,6 @@ def run_one(sweep_dir: str | Path, preset: str, seed: int, overrides: dict, data
 
 
 def _checkpoint_epoch(run: RunDir) -> int:
-    from .checkpoint import read_checkpoint
-
     _, meta = read_checkpoint(run.checkpoint_path)
     return int(meta.get("epoch", 0))
 
@@ -268,54 +270,15 @@ def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
     """Per preset, from the complete run directories: mean +- sample std (ddof=1) over seeds of each run's
     headline, the paper's value, the difference and the difference in units of the paper's std."""
     sweep_dir = Path(sweep_dir)
-    rows, runs, statistic = [], [], None
+    rows, runs = [], []
     for preset in request.presets:
-        values, seeds_done = [], []
-        for seed in request.seeds:
-            rel = run_relpath(preset, seed)
-            run = RunDir(sweep_dir / rel)
-            if not run.is_complete():
-                runs.append({"preset": preset, "seed": seed, "run_dir": rel, "complete": False})
-                continue
-            s = run.read_verified_summary()  # summary, metrics, config and checkpoint must be one record
-            h = s["headline"]
-            statistic = statistic or h["statistic"]
-            values.append(h["value"])
-            seeds_done.append(seed)
-            runs.append({"preset": preset, "seed": seed, "run_dir": rel, "complete": True, "value": h["value"],
-                         "statistic": h["statistic"], "epochs_completed": s.get("epochs_completed")})
-        cfg = run_config(preset, 0, request.overrides)
-        paper = preset_files.load_preset(preset).get("paper") or {}
-        proto = paper_protocol(cfg)
-        mean = statistics.fmean(values) if values else None
-        std = _sample_std(values)
-        p_err, p_std = paper.get("error"), paper.get("std")
-        # a difference to the paper only for runs of the paper's protocol (not for a 1-epoch check, say)
-        diff = None if mean is None or p_err is None or not proto["paper"] else mean - p_err
-        rows.append({
-            "preset": preset,
-            "method": cfg.train.method,
-            "activation": cfg.model.activation,
-            "hidden": cfg.model.hidden,
-            "n_seeds": len(values),
-            "seeds": seeds_done,
-            "values": values,
-            "mean": mean,
-            "std": std,
-            "paper_error": p_err,
-            "paper_std": p_std,
-            "paper_source": paper.get("source"),
-            "diff": diff,
-            "diff_in_paper_std": None if diff is None or not p_std else diff / p_std,
-            "paper_protocol": proto["paper"],
-            "protocol": proto["protocol"],
-            "the_papers_protocol": proto["paper_protocol"],
-            "differences_from_paper": proto["differences"],
-        })
+        done = [_run_entry(sweep_dir, preset, seed) for seed in request.seeds]
+        runs += done
+        rows.append(_preset_row(preset, request, [r for r in done if r["complete"]]))
     n_done = sum(r["complete"] for r in runs)
     return {
         "format": FORMAT,
-        "statistic": statistic,
+        "statistic": next((r["statistic"] for r in runs if r["complete"]), None),
         "aggregate": "mean and sample standard deviation (ddof=1) over seeds of each run's statistic",
         "request": request.to_json(),
         "complete": n_done == len(runs),
@@ -324,6 +287,50 @@ def aggregate(sweep_dir: str | Path, request: SweepRequest) -> dict:
         "presets": rows,
         "comparisons": compare_methods(rows, request.overrides),
         "runs": runs,
+    }
+
+
+def _run_entry(sweep_dir: Path, preset: str, seed: int) -> dict:
+    """One run of the sweep as summary.json lists it; a complete run with its headline."""
+    rel = run_relpath(preset, seed)
+    run = RunDir(sweep_dir / rel)
+    if not run.is_complete():
+        return {"preset": preset, "seed": seed, "run_dir": rel, "complete": False}
+    s = run.read_verified_summary()  # summary, metrics, config and checkpoint must be one record
+    h = s["headline"]
+    return {"preset": preset, "seed": seed, "run_dir": rel, "complete": True, "value": h["value"],
+            "statistic": h["statistic"], "epochs_completed": s.get("epochs_completed")}
+
+
+def _preset_row(preset: str, request: SweepRequest, complete: list[dict]) -> dict:
+    """A preset's line of the summary from its complete runs, beside the paper's number."""
+    values = [r["value"] for r in complete]
+    cfg = run_config(preset, 0, request.overrides)
+    paper = preset_files.load_preset(preset).get("paper") or {}
+    proto = paper_protocol(cfg)
+    mean = statistics.fmean(values) if values else None
+    p_err, p_std = paper.get("error"), paper.get("std")
+    # a difference to the paper only for runs of the paper's protocol (not for a 1-epoch check, say)
+    diff = None if mean is None or p_err is None or not proto["paper"] else mean - p_err
+    return {
+        "preset": preset,
+        "method": cfg.train.method,
+        "activation": cfg.model.activation,
+        "hidden": cfg.model.hidden,
+        "n_seeds": len(values),
+        "seeds": [r["seed"] for r in complete],
+        "values": values,
+        "mean": mean,
+        "std": _sample_std(values),
+        "paper_error": p_err,
+        "paper_std": p_std,
+        "paper_source": paper.get("source"),
+        "diff": diff,
+        "diff_in_paper_std": None if diff is None or not p_std else diff / p_std,
+        "paper_protocol": proto["paper"],
+        "protocol": proto["protocol"],
+        "the_papers_protocol": proto["paper_protocol"],
+        "differences_from_paper": proto["differences"],
     }
 
 
@@ -513,9 +520,36 @@ def plan(targets: list[str], n_seeds: int | None, overrides: dict, out: str | No
     return sweep_dir, make_request(targets, DEFAULT_SEEDS if n_seeds is None else n_seeds, overrides, origin)
 
 
-def record_request(sweep_dir: Path, request: SweepRequest) -> None:
-    from .provenance import provenance
+def prepare(targets: list[str], n_seeds: int | None, overrides: dict, origin: dict, out: str | None, resume: bool,
+            data_dir: str | None, *, download: bool, check_device: bool, log=print) -> tuple[Path, SweepRequest, Path]:
+    """(sweep directory, request, data folder): everything a sweep can refuse is refused here, before anything is
+    written, so a failed start leaves no sweep directory behind. `check_device`: a --device cuda the local machine
+    lacks (a Ray cluster's GPUs live on other nodes, so only a local sweep can be checked here)."""
+    if check_device:
+        require_device(overrides.get("runtime", {}).get("device"))
+    sweep_dir, request = plan(targets, n_seeds, overrides, out, resume, origin=origin)
+    data_path, data_origin = resolve_data_dir(data_dir)
+    # the files of every data set the requested presets use (e.g. table3: CIFAR-10; the MNIST groups: MNIST)
+    with explained(data_path, data_origin):
+        for dataset in datasets_of(request):
+            ensure_dataset(dataset, data_path, download=download, log=log)
+    return sweep_dir, request, data_path
 
+
+def raise_failures(summary: dict, sweep_dir: Path) -> None:
+    """A sweep whose runs did not all complete ends in one line listing them (after its summary is written and
+    shown); --resume retries them from their last good epoch."""
+    failures = summary.get("failures")
+    if not failures:
+        return
+    listed = "; ".join(f"{f['run_dir']}: {f['message']}" for f in failures)
+    if all(f.get("status", "diverged") == "diverged" for f in failures):
+        raise TrainingDiverged(f"{len(failures)} of {summary['runs_total']} runs diverged ({listed})")
+    raise UsageProblem(f"{len(failures)} of {summary['runs_total']} runs did not complete ({listed}); "
+                       f"the others are summarised. Continue with: advbp sweep --resume --out {sweep_dir}")
+
+
+def record_request(sweep_dir: Path, request: SweepRequest) -> None:
     path = sweep_dir / SWEEP_FILE
     previous = json.loads(path.read_text()) if path.is_file() else None
     record = {
@@ -536,8 +570,8 @@ Executor = Callable[[Path, SweepRequest, Path, SweepEvents], list[RunOutcome]]
 def serial_executor(sweep_dir: Path, request: SweepRequest, data_dir: Path, ev: SweepEvents) -> list[RunOutcome]:
     """Every (preset, seed) of the request, one after another in this process, in the request's order.
 
-    Seeds of a preset run one after another here; training them together in one batched backend call is the
-    performance issue's job (the backend API already holds S networks)."""
+    The local executor (advbp_cli.parallel) uses it when one worker is enough (--workers 1, a single run left,
+    runs on a GPU); otherwise it trains several runs at once in worker processes, through the same `run_one`."""
     outcomes = []
     for preset, seed in request.runs():
         ev.run_start(preset, seed, 0)

@@ -12,6 +12,7 @@ epoch in progress is dropped, the saved ones stay, later SIGINTs are ignored whi
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -19,6 +20,10 @@ import signal
 import sys
 import threading
 import time
+
+from .errors import Interrupted, UsageProblem
+from .sweep import RunOutcome, run_one, run_relpath
+from .trainer import Reporter
 
 PARENT_POLL_SECONDS = 0.2
 
@@ -28,8 +33,6 @@ def _die_with_parent(parent_pid: int) -> None:
     whether this process was re-parented. A run killed this way keeps its last checkpoint, as after any kill."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -69,9 +72,6 @@ def main(argv: list[str]) -> int:
         proto.write(json.dumps({"event": event, **fields}, default=float) + "\n")
         proto.flush()
 
-    from .errors import UsageProblem
-    from .sweep import RunOutcome, run_one, run_relpath
-    from .trainer import Interrupted, Reporter
 
     preset, seed = job["preset"], int(job["seed"])
     reporter = Reporter(

@@ -1,8 +1,8 @@
 """How many threads a run's arithmetic uses: the `runtime.threads` policy (`--threads N|auto`).
 
-advbp v1 set no thread count, so torch and numpy's BLAS each started one thread per core. Two trainings at once
-on 2 cores then ran 4 busy threads that spin-wait for each other at every small matrix product: 10-20x slower
-than one training alone (benchmarks/RESULTS.md, "Threads"). The policy:
+Why a policy: left alone, torch and numpy's BLAS each start one thread per core. Two trainings at once on 2 cores
+then run 4 busy threads that spin-wait for each other at every small matrix product: 10-20x slower than one
+training alone (benchmarks/RESULTS.md, "Threads"). The policy:
 
 - `threads = N` uses N threads, whatever else runs (the user asked for it).
 - `threads = "auto"` uses ONE thread when a step is small (forward multiply-adds of a mini-batch below
@@ -12,7 +12,7 @@ than one training alone (benchmarks/RESULTS.md, "Threads"). The policy:
   workers that share them (the local parallel sweep passes its worker count), at least 1.
 
 The count decides float32 bits (a matrix product split across threads sums in another order), so it is recorded
-in config.json ("resolved": {"threads": N, ...}); the same count gives the same bits as before the policy.
+in config.json ("resolved": {"threads": N, ...}); the same count gives the same bits (tests/test_threads.py).
 
 Applying a count (`apply_threads`): torch's intra-op threads (torch.set_num_threads, when torch is loaded),
 every BLAS/OpenMP pool already loaded in this process through threadpoolctl (numpy's BLAS reads its environment
@@ -28,6 +28,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from .backends import architecture
 
 AUTO = "auto"
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -112,8 +116,6 @@ def env_cap() -> int | None:
 # ----------------------------------------------------------------------------------------- the workload
 def step_macs(model, batch_size: int) -> int:
     """Multiply-adds of one forward pass of a mini-batch (conv layers at their full, pre-pooling resolution)."""
-    from .backends import architecture
-
     arch = architecture(model)
     per_sample = 0
     if arch.n_conv:
@@ -169,8 +171,6 @@ def apply_threads(n: int) -> None:
     n = int(n)
     for var in THREAD_ENV:
         os.environ[var] = str(n)
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(n)  # process-wide; the returned object would only restore the old limits
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
@@ -180,8 +180,6 @@ def apply_threads(n: int) -> None:
 def thread_counts() -> dict:
     """The thread counts in effect now, for provenance: torch's intra-op threads (None when torch is not loaded)
     and the largest BLAS thread pool loaded in this process (numpy's; None when none is loaded)."""
-    from threadpoolctl import threadpool_info
-
     torch = sys.modules.get("torch")
     blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
     return {"torch": torch.get_num_threads() if torch is not None else None, "blas": max(blas) if blas else None}

@@ -6,23 +6,34 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from . import presets
 from .backends import architecture, uses_dropout
-from .checkpoint import (check_params, check_same_record, differing_fields, read_checkpoint, save_checkpoint,
-                         split_optimizer_state)
+from .checkpoint import (
+    check_params,
+    check_same_record,
+    differing_fields,
+    flat_fields,
+    read_checkpoint,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from .config import RunConfig
 from .data import load_splits
-from .errors import TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
+from .errors import Interrupted, TrainingDiverged, UsageProblem, is_out_of_memory, os_problem
 from .evaluate import evaluate_arrays, mean_last_epochs
 from .networks import build_backend, fresh_params
+from .protocol import paper_protocol
 from .provenance import provenance
 from .rng import DropoutMasks, epoch_permutation
 from .rundir import METRICS_DIGEST, RunDir
@@ -31,12 +42,6 @@ from .threads import ThreadChoice, apply_threads, threads_in_effect
 
 STEPS_PER_BLOCK = 500  # the largest block of steps handed to a backend; progress and NaN checks happen between blocks
 BLOCK_SECONDS = 0.5  # blocks grow from one step towards this duration, so progress shows from an epoch's first batch
-
-
-class Interrupted(Exception):
-    """Ctrl-C during training; the last completed epoch is on disk."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -174,8 +179,6 @@ def _saved_text(run: RunDir, saved: int) -> str:
 
 
 def _memory_message(cfg: RunConfig, run: RunDir, saved: int) -> str:
-    from .backends import architecture
-
     n = sum(int(np.prod(s)) for s in architecture(cfg.model).param_shapes().values())
     gib = n * np.dtype(cfg.runtime.dtype).itemsize / 2**30
     layers = "--hidden" + (" or --conv-channels" if cfg.model.arch == "conv" else "")
@@ -265,52 +268,19 @@ def _train(cfg: RunConfig, run: RunDir, data_dir: Path, reporter, resume: bool, 
 def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_epoch, rep, sched, progress,
             scale) -> dict:
     tc = cfg.train
-    n = len(train_split.x)
     t_run = time.perf_counter()
     saved = start_epoch  # the epoch of the checkpoint on disk
-    dropout = uses_dropout(architecture(cfg.model), tc)
-    # the error of the batches as they were learned from: measured only when the schedule watches it
-    count_errors = tc.schedule != "constant" and tc.schedule_error == "train_pass"
     try:
         for epoch in range(start_epoch, tc.epochs):
             if sched.stop_reason:  # the schedule ended this run already (a resume of a finished run)
                 break
             t0 = time.perf_counter()
-            spec = tc if sched.lr == tc.lr else tc.model_copy(update={"lr": sched.lr})
-            loss_sum, steps, wrong = 0.0, 0, 0
-            for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size, sizer=BlockSizer()):
-                extra = {}
-                if dropout:
-                    extra["masks"] = DropoutMasks(cfg.runtime.seed, epoch, steps)
-                if count_errors:
-                    extra["errors"] = np.zeros(len(block), dtype=np.int64)
-                losses = backend.train_steps(xd, yd, block, spec, **extra)
-                if not np.isfinite(losses).all():
-                    bad = steps + int(np.argmin(np.isfinite(losses)))
-                    raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}",
-                                                             epoch, cfg, run, sched.lr, scale))
-                loss_sum += float(losses.sum())
-                wrong += int(extra["errors"].sum()) if count_errors else 0
-                steps += len(losses)
-                rep.steps(len(losses), float(losses.mean()))
+            row = _learn_epoch(cfg, run, backend, xd, yd, len(train_split.x), epoch, sched.lr, rep, scale)
             params_now = backend.get_params()
             if not _finite_params(params_now):
                 raise TrainingDiverged(_diverged_message("the weights became NaN or Inf", epoch, cfg, run, sched.lr, scale))
             train_seconds = time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
-            if tc.schedule != "constant":
-                row["lr"] = sched.lr
-            if count_errors:
-                row["train_pass_error"] = 100.0 * wrong / max(n, 1)
-            if cfg.data.eval_train_error:
-                ev = evaluate_arrays(backend, train_split.x, train_split.y)
-                row["train_error"] = ev.error
-                row["train_clean_loss"] = ev.loss
-            ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
-            bad = [k for k, v in row.items() if not np.isfinite(v)] + (["eval_loss"] if not np.isfinite(ev.loss) else [])
-            if bad or ev.nonfinite:  # never a metric, a headline or a checkpoint of a network that computes NaN
-                raise TrainingDiverged(_diverged_message(f"the {', '.join(bad) or 'network outputs'} became NaN or Inf",
-                                                         epoch, cfg, run, sched.lr, scale))
+            ev = _evaluate_epoch(cfg, run, backend, train_split, eval_split, row, epoch, sched.lr, scale)
             row.update(eval_error=ev.error, eval_loss=ev.loss, train_seconds=train_seconds,
                        seconds=time.perf_counter() - t0)
             watched = row.get("train_pass_error" if tc.schedule_error == "train_pass" else "train_error")
@@ -335,14 +305,56 @@ def _epochs(cfg, run, backend, train_split, eval_split, xd, yd, metrics, start_e
     return summary
 
 
+def _learn_epoch(cfg, run, backend, xd, yd, n: int, epoch: int, lr: float, rep, scale) -> dict:
+    """One pass over the training split at learning rate `lr`, in blocks of steps (the arithmetic does not depend
+    on the blocks); returns the epoch's metrics row so far (training loss, lr, the pass's own error)."""
+    tc = cfg.train
+    spec = tc if lr == tc.lr else tc.model_copy(update={"lr": lr})
+    dropout = uses_dropout(architecture(cfg.model), tc)
+    # the error of the batches as they were learned from: measured only when the schedule watches it
+    count_errors = tc.schedule != "constant" and tc.schedule_error == "train_pass"
+    loss_sum, steps, wrong = 0.0, 0, 0
+    for block in epoch_blocks(cfg.runtime.seed, epoch, n, tc.batch_size, sizer=BlockSizer()):
+        extra = {}
+        if dropout:
+            extra["masks"] = DropoutMasks(cfg.runtime.seed, epoch, steps)
+        if count_errors:
+            extra["errors"] = np.zeros(len(block), dtype=np.int64)
+        losses = backend.train_steps(xd, yd, block, spec, **extra)
+        if not np.isfinite(losses).all():
+            bad = steps + int(np.argmin(np.isfinite(losses)))
+            raise TrainingDiverged(_diverged_message(f"the training loss became NaN or Inf at step {bad + 1}",
+                                                     epoch, cfg, run, lr, scale))
+        loss_sum += float(losses.sum())
+        wrong += int(extra["errors"].sum()) if count_errors else 0
+        steps += len(losses)
+        rep.steps(len(losses), float(losses.mean()))
+    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1)}
+    if tc.schedule != "constant":
+        row["lr"] = lr
+    if count_errors:
+        row["train_pass_error"] = 100.0 * wrong / max(n, 1)
+    return row
+
+
+def _evaluate_epoch(cfg, run, backend, train_split, eval_split, row: dict, epoch: int, lr: float, scale):
+    """The clean training error (into `row`, when the run measures it) and the evaluation split's Evaluation.
+    Never a metric, a headline or a checkpoint of a network that computes NaN: that is a divergence."""
+    if cfg.data.eval_train_error:
+        ev = evaluate_arrays(backend, train_split.x, train_split.y)
+        row["train_error"] = ev.error
+        row["train_clean_loss"] = ev.loss
+    ev = evaluate_arrays(backend, eval_split.x, eval_split.y)
+    bad = [k for k, v in row.items() if not np.isfinite(v)] + (["eval_loss"] if not np.isfinite(ev.loss) else [])
+    if bad or ev.nonfinite:
+        raise TrainingDiverged(_diverged_message(f"the {', '.join(bad) or 'network outputs'} became NaN or Inf",
+                                                 epoch, cfg, run, lr, scale))
+    return ev
+
+
 def _resume_note(old: dict, new: dict) -> dict:
     """A resume event for config.json: when, the command, and what changed that may change (checkpoint.MAY_CHANGE:
     --epochs, --backend, --device, ...), each as [before, after]; the resolved backend and device likewise."""
-    import sys
-    from datetime import datetime, timezone
-
-    from .checkpoint import flat_fields
-
     before, after = old.get("config") or {}, new["config"]
     changed = {k: [flat_fields(before).get(k), flat_fields(after).get(k)]
                for k in differing_fields(before, after, identity=False)}
@@ -355,9 +367,6 @@ def _resume_note(old: dict, new: dict) -> dict:
 def summarize(cfg: RunConfig, metrics: list[dict], eval_split: str, wall_s: float, stop_reason: str | None = None) -> dict:
     """The run's summary.json. `headline.paper_protocol` says whether the run follows the paper's protocol for its
     preset (advbp_cli.protocol): only then is the headline comparable with `paper`, the preset's reported number."""
-    from . import presets
-    from .protocol import paper_protocol
-
     n = cfg.train.mean_last
     paper = None
     if cfg.preset and cfg.preset in presets.preset_names():

@@ -83,10 +83,6 @@ class Architecture:
     def n_conv(self) -> int:
         return len(self.conv_channels)
 
-    @property
-    def conv_pad(self) -> int:
-        return self.conv_kernel // 2
-
     def conv_outputs(self) -> list[tuple[int, int, int]]:
         """(C, H, W) of every conv block's output (after pooling)."""
         shapes = []

@@ -8,6 +8,8 @@ import difflib
 import tomllib
 from importlib import resources
 
+from advbp_cli.errors import UsageProblem
+
 _SPECIAL = {"groups", "paper-gaps"}
 
 
@@ -37,16 +39,21 @@ def paper_gap_scopes() -> dict[str, dict]:
     return _read("paper-gaps").get("scope", {})
 
 
+# The keys of a preset file that describe it rather than configure the run.
+DESCRIPTIVE = ("description", "note", "paper")
+
+
 def load_preset(name: str) -> dict:
-    """The whole preset file: `description`, `paper` (the reported number) and config sections."""
+    """The whole preset file: `description`, an optional `note` (what a preset that is not a row of the paper is
+    for), `paper` (the reported number; absent for such presets) and config sections."""
     if name not in preset_names():
         raise KeyError(name)
     return _read(name)
 
 
 def config_values(preset: dict) -> dict:
-    """The sections of a preset that are config (everything but description and paper)."""
-    return {k: v for k, v in preset.items() if k not in ("description", "paper")}
+    """The sections of a preset that are config (everything but the DESCRIPTIVE keys)."""
+    return {k: v for k, v in preset.items() if k not in DESCRIPTIVE}
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -57,8 +64,6 @@ def did_you_mean(name: str, candidates) -> str:
 
 def load_preset_or_explain(name: str, where: str) -> dict:
     """load_preset, or a one-line usage error naming the option, the closest preset name and where to look."""
-    from advbp_cli.errors import UsageProblem
-
     try:
         return load_preset(name)
     except KeyError:

@@ -94,7 +94,9 @@ def decode_shared_data_once():
     shared folder is cached, keyed by its files' names, sizes and mtimes: every test that makes its own data folder
     (damaged, raw, archived, downloaded files) goes through the real loader, and so does the first load here. The
     cached arrays are read-only, so a command that wrote into its input data would fail loudly, not leak."""
-    from advbp_cli.data import cifar10, mnist
+    import importlib
+
+    from advbp_cli.data.registry import dataset_names, get_dataset
 
     shared = _data_dir().resolve()
     cache: dict = {}
@@ -117,10 +119,9 @@ def decode_shared_data_once():
         return load
 
     mp = pytest.MonkeyPatch()
-    for module, name, sub in ((cifar10, "load_cifar10", "cifar10"), (mnist, "load_mnist", "mnist")):
-        real = getattr(module, name, None)
-        if real is not None:  # a renamed loader only loses the speed-up
-            mp.setattr(module, name, cached(real, sub))
+    for spec in map(get_dataset, dataset_names()):  # each data set's loader, by the name its spec calls it
+        module = importlib.import_module(spec.module)
+        mp.setattr(module, spec.loader, cached(getattr(module, spec.loader), spec.name))
     yield
     mp.undo()
 

@@ -82,7 +82,7 @@ def test_presets_list_and_show(cli):
     r = cli(["presets", "--json"])
     listing = json.loads(r.stdout)
     names = {p["name"]: p for p in listing["presets"]}
-    assert len(names) == 30  # 18 MNIST (Table 2 and backprop baselines) + 12 CIFAR-10 (Table 3)
+    assert len(names) == 34  # 18 MNIST (Table 2 and backprop baselines) + 12 CIFAR-10 (Table 3) + 4 CIFAR-10 smoke
     assert names["mnist-relu-2x800-adv"]["paper_error"] == 0.78
     assert names["mnist-tanh-2x800-backprop"]["paper_error"] == 1.49
     assert listing["groups"]["table2"] == sorted(listing["groups"]["table2"], key=listing["groups"]["table2"].index)

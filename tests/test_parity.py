@@ -49,17 +49,8 @@ def test_every_backend_agrees_with_numpy_for_50_steps_on_mnist(mnist_subset, oth
     assert max_abs_diff(p64n, fresh(model)) > 1e-4  # the steps did something
 
 
-@pytest.mark.parametrize("activation,lr", [("relu", 0.05), ("tanh", 0.01), ("logistic", 0.5)])
-def test_float32_backprop_agrees_to_1e4_for_50_steps(mnist_subset, activation, lr):
-    """For the adversarial step in float32 see the next test: sign(e) is discontinuous, so exact agreement
-    after a flip of a noise-level component is impossible for any two BLAS libraries."""
-    x, y = mnist_subset
-    model = small_model(hidden=(400, 400), activation=activation)
-    spec = step_spec(method="backprop", lr=lr)
-    p32n, _ = _train("numpy", model, spec, x, y, "float32")
-    p32t, _ = _train("torch", model, spec, x, y, "float32")
-    assert max_abs_diff(p32n, p32t) < 1e-4
-    assert p32n["layers.0.weight"].dtype == np.float32 and p32t["layers.0.weight"].dtype == np.float32
+# float32 back-propagation: tests/test_parity_float32.py bounds each backend's rounding error (the fixed 1e-4 that
+# stood here was about 1700x the real difference).
 
 
 def test_native_float32_agrees_until_a_sign_of_e_falls_in_rounding_noise(mnist_subset):

@@ -60,7 +60,7 @@ def resolve(argv: list[str]) -> None:
     from advbp_cli.attack import parse_eps
     from advbp_cli.commands import sweep as sweep_cmd
     from advbp_cli.commands.config_options import collect
-    from advbp_cli.commands.train import preset_config_values
+    from advbp_cli.launch import preset_config_values
     from advbp_cli.config import build_config
     from advbp_cli.sweep import make_request, resolve_targets
 

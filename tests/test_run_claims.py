@@ -63,7 +63,7 @@ def test_headline_is_the_mean_eval_error_of_the_last_10_of_12_epochs(long_run):
     assert "last 10 epochs" in summary["headline"]["statistic"]
     assert printed["headline"]["value"] == summary["headline"]["value"]
     for r in rows:  # the timings: the training part of an epoch, within the whole epoch
-        assert 0 < r["train_seconds"] <= r["seconds"] < 600, r
+        assert 0 < r["train_seconds"] <= r["seconds"], r  # the epoch includes its training (no speed claim)
     assert summary["epochs_completed"] == 12 and summary["final_epoch"]["epoch"] == 12
 
 
@@ -105,10 +105,25 @@ def independent_forward(weights: dict[str, np.ndarray], x: np.ndarray):
     raise AssertionError("unreachable")
 
 
-def test_eval_error_and_sparsity_equal_a_plain_numpy_forward_of_the_stored_weights(long_run, data_dir, mnist):
+def _assert_sparsity_matches(fractions, pre, radii) -> None:
+    """The zeros of relu are the units with a pre-activation <= 0; a unit within its rounding radius of 0 may fall
+    either way in float32. The long run's layers have different sizes (24, 16), so a count divided by the wrong
+    layer's size shows."""
+    assert len(fractions) == len(pre) == 2 and pre[0].shape[1] != pre[1].shape[1]
+    for j, (a, r, f) in enumerate(zip(pre, radii, fractions)):
+        sure_zero = int((a < -r).sum())
+        unsure_units = int((np.abs(a) <= r).sum())
+        zeros_reported = f * a.size
+        assert sure_zero - 1e-6 <= zeros_reported <= sure_zero + unsure_units + 1e-6, (j, f, sure_zero / a.size)
+        assert 0.05 < sure_zero / a.size < 0.95  # zeros and non-zeros both present: counting either is not the same
+        assert unsure_units <= 1e-3 * a.size
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_eval_error_and_sparsity_equal_a_plain_numpy_forward_of_the_stored_weights(long_run, data_dir, mnist, backend):
     run, _ = long_run
     n = 1000
-    got = eval_json(data_dir, run, "--split", "test", "--limit", str(n))
+    got = eval_json(data_dir, run, "--split", "test", "--limit", str(n), "--backend", backend)
     weights = load_file(str(run / "checkpoint.safetensors"))
     x, y = _test_images(mnist, n)
     logits, pre, radii, r_out = independent_forward(weights, x)
@@ -124,17 +139,23 @@ def test_eval_error_and_sparsity_equal_a_plain_numpy_forward_of_the_stored_weigh
     assert wrong_reported / n * 100 == pytest.approx(got["error"], abs=1e-9)
     assert wrong_sure <= wrong_reported <= wrong_sure + int(unsure.sum()), (got["error"], wrong_sure, unsure.sum())
     assert 0 < wrong_sure < n  # neither trivial nor hopeless, so a wrong error rate would show
-    # sparsity: the zeros of relu are the units with a pre-activation <= 0; a unit within its rounding radius of 0
-    # may fall either way in float32
-    fractions = [p / 100 for p in got["hidden_zero_percent"]]  # eval --json reports percent
-    assert len(fractions) == len(pre) == 2
-    for j, (a, r, f) in enumerate(zip(pre, radii, fractions)):
-        sure_zero = int((a < -r).sum())
-        unsure_units = int((np.abs(a) <= r).sum())
-        zeros_reported = f * a.size
-        assert sure_zero - 1e-6 <= zeros_reported <= sure_zero + unsure_units + 1e-6, (j, f, sure_zero / a.size)
-        assert 0.05 < sure_zero / a.size < 0.95  # zeros and non-zeros both present: counting either is not the same
-        assert unsure_units <= 1e-3 * a.size
+    _assert_sparsity_matches([p / 100 for p in got["hidden_zero_percent"]], pre, radii)  # eval --json: percent
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_report_figure_3_sparsity_equals_a_plain_numpy_forward(long_run, mnist, backend):
+    """`advbp report` counts Figure 3's zeros with evaluate.hidden_sparsity, a pass without labels."""
+    from advbp_cli.backends import load_backend
+    from advbp_cli.config import ModelConfig
+    from advbp_cli.evaluate import hidden_sparsity
+
+    run, _ = long_run
+    weights = load_file(str(run / "checkpoint.safetensors"))
+    x, _ = _test_images(mnist, 1000)
+    net = load_backend(backend)(ModelConfig(hidden=[24, 16]), dtype="float32", device="cpu")
+    net.set_params({k: v for k, v in weights.items() if not k.startswith("momentum.")})
+    _, pre, radii, _ = independent_forward(weights, x)
+    _assert_sparsity_matches(hidden_sparsity(net, x), pre, radii)
 
 
 def test_max_error_gate_passes_at_the_error_and_fails_just_below(long_run, data_dir):

@@ -121,7 +121,8 @@ def test_kill_then_resume_redoes_only_unfinished_runs(cli, data_dir, tmp_path):
 
 def test_half_written_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(data_dir, tmp_path):
     from advbp_cli.sweep import run_one
-    from advbp_cli.trainer import Interrupted, Reporter
+    from advbp_cli.errors import Interrupted
+    from advbp_cli.trainer import Reporter
 
     overrides = {"train": {"epochs": 2}, "data": {"train_limit": 300, "eval_limit": 100}, "runtime": {"backend": "numpy"}}
 

@@ -203,7 +203,8 @@ def test_ray_sweep_equals_the_local_one_and_resumes_with_the_local_executor(cli,
 @needs_ray
 def test_local_sweep_with_a_half_written_run_is_finished_by_ray(cli, data_dir, tmp_path, ray_session, local_sweep):
     from advbp_cli.sweep import run_one
-    from advbp_cli.trainer import Interrupted, Reporter
+    from advbp_cli.errors import Interrupted
+    from advbp_cli.trainer import Reporter
 
     out = tmp_path / "sw"
     r = cli(["sweep", *PRESETS, "--seeds", "1", *SETTINGS, "--out", str(out), "--data-dir", str(data_dir)])

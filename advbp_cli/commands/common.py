@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from ..errors import UsageProblem
+from ..parallel import parse_workers
+from ..threads import EXPECTED, apply_threads, parse_threads, resolve_for_evaluation
+from .config_options import runtime_options
 
 DATA_DIR_HELP = ("Folder holding the data sets: mnist/ (the four IDX files, .gz or raw) and cifar10/ (the official "
                  "batches, binary or python, or their archive). Looked up in this order: --data-dir, "
@@ -30,8 +35,6 @@ class ThreadsParam(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
-        from ..threads import EXPECTED, parse_threads
-
         try:
             return parse_threads(value)
         except ValueError:
@@ -44,16 +47,10 @@ class WorkersParam(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
-        from ..parallel import parse_workers
-
         try:
             return parse_workers(value)
         except ValueError as exc:
             self.fail(f"{value!r} ({exc})", param, ctx)
-
-
-THREADS_HELP = ("CPU threads for the arithmetic (torch and BLAS): N, or auto (default): one thread for small "
-                "steps (MNIST at batch 10), else this process's share of the CPUs.")
 
 
 def threads_option(f):
@@ -65,8 +62,6 @@ def threads_option(f):
 
 def apply_command_threads(setting) -> int:
     """Applies --threads of eval/attack/report before any arithmetic; returns the count."""
-    from ..threads import apply_threads, resolve_for_evaluation
-
     n = resolve_for_evaluation(setting)
     apply_threads(n)
     return n
@@ -79,18 +74,12 @@ def json_option(f):
 def backend_options(f):
     """--backend and --device for commands that read a run: generated from the config fields (choices from the
     backend registry), defaulting to the run's own."""
-    from .config_options import runtime_options
-
     return runtime_options("backend", "device")(f)
 
 
 def explain_stray_values(args, value_option: str | None, metavar: str) -> None:
     """`advbp eval RUN --fgsm-eps 0.25 0.5` makes 0.5 a second RUN. A positional argument that does not exist
     but reads as a number, after an option that takes values, gets the value-list syntax instead of "not found"."""
-    from pathlib import Path
-
-    from ..errors import UsageProblem
-
     for a in args:
         if Path(a).exists():
             continue

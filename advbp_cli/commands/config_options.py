@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 
 import click
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from ..config import Choices, RunConfig, option_name
@@ -66,8 +66,6 @@ class ConfigField:
     def convert(self, value, where: str):
         """The typed value (e.g. "0.9" -> 0.9, ["800", "800"] -> [800, 800]) by the field's own type and bounds,
         as recorded in sweep.json and config.json; the section's cross-field checks run later with the preset."""
-        from pydantic import ConfigDict, TypeAdapter, ValidationError
-
         adapter = TypeAdapter(typing.Annotated[self.info.annotation, self.info], config=ConfigDict(allow_inf_nan=False))
         try:  # in JSON form (a tuple as a list), as sweep.json records it and compares it on --resume
             return adapter.dump_python(adapter.validate_python(value), mode="json")
@@ -262,14 +260,6 @@ class ConfigOverrides:
             raise UsageProblem(f"{self.origin[f.key]} and {where} both set {f.section}.{f.name}; give it once")
         self.values.setdefault(f.section, {})[f.name] = value
         self.origin[f.key] = where
-
-    def only(self, keys) -> "ConfigOverrides":
-        out = ConfigOverrides()
-        for (sec, name), where in self.origin.items():
-            if (sec, name) in keys:
-                out.values.setdefault(sec, {})[name] = self.values[sec][name]
-                out.origin[(sec, name)] = where
-        return out
 
 
 def _suggest(word: str, options) -> str:

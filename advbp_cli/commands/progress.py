@@ -114,7 +114,7 @@ class LiveLine:
     Without a terminal only the messages are written: one line per epoch in a log."""
 
     def __init__(self, render, console=None):
-        from rich.console import Console
+        from rich.console import Console  # lazy: rich stays off the import path of `advbp --help` and `advbp presets`
 
         self.console = console or Console(stderr=True)
         self.render = render

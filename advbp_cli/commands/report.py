@@ -7,7 +7,16 @@ import shlex
 
 import click
 
-from .common import apply_command_threads, backend_options, data_dir_option, emit_json, json_option, no_download_option, threads_option
+from ..report import INDEX, make_report
+from .common import (
+    apply_command_threads,
+    backend_options,
+    data_dir_option,
+    emit_json,
+    json_option,
+    no_download_option,
+    threads_option,
+)
 
 
 @click.command("report")
@@ -30,8 +39,6 @@ def report_cmd(sources, out, fmt, limit, tiles, overwrite, backend, device, thre
 
     Several runs go side by side, e.g. `advbp report runs/backprop runs/adv --out figures`.
     """
-    from ..report import INDEX, make_report
-
     apply_command_threads(threads)
     command = _command_line(sources, out, fmt, limit, tiles, backend, device, data_dir)
     result = make_report(list(sources), out, fmt, data_dir, limit, tiles=tiles, backend=backend, device=device,

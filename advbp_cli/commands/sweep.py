@@ -11,14 +11,12 @@ import click
 from .. import executors
 from .. import sweep as sw
 from ..cliparams import NON_NEGATIVE, POSITIVE
-from ..data.paths import explained, resolve_data_dir
-from ..data.splits import ensure_dataset
-from ..errors import TrainingDiverged, UsageProblem
-from ..networks import require_device
+from ..errors import UsageProblem
+from ..trainer import Reporter
 from .common import WorkersParam, data_dir_option, emit_json, json_option, no_download_option
+from .config_options import ConfigOverrides, SectionedCommand, config_options
 from .progress import RunProgress, clock_text
 from .tables import is_plain, plain_option, print_table
-from .config_options import ConfigOverrides, SectionedCommand, config_options
 
 # Config fields a sweep sets itself, so they are not options of `advbp sweep`.
 EXCLUDED = {("runtime", "seed"): "a sweep's seeds are 0..N-1 (--seeds N)"}
@@ -69,28 +67,14 @@ def sweep_cmd(targets, seeds, out, resume, report_dir, data_dir, no_download, pl
         return
 
     executor = executors.make_executor(executor_name, address, cpus_per_run, gpus_per_run, workers)
-    if executor_name == "local":  # a Ray cluster's GPUs live on other nodes; only a local run can be checked here
-        require_device(config.values.get("runtime", {}).get("device"))
-    sweep_dir, request = sw.plan(list(targets), seeds, config.values, out, resume, origin=config.origin)
-    data_path, origin = resolve_data_dir(data_dir)
-    # Data problems are found before anything is written, so a failed start leaves no sweep directory behind:
-    # the files of every data set the requested presets use (e.g. table3: CIFAR-10; mnist groups: MNIST).
-    with explained(data_path, origin):
-        for dataset in sw.datasets_of(request):
-            ensure_dataset(dataset, data_path, download=not no_download, log=lambda m: click.echo(m, err=True))
-
+    sweep_dir, request, data_path = sw.prepare(list(targets), seeds, config.values, config.origin, out, resume, data_dir,
+                                               download=not no_download, check_device=executor_name == "local",
+                                               log=lambda m: click.echo(m, err=True))
     with executor as execute:  # --executor ray: connects to (or starts) Ray here, before anything is written
-        display = LiveTable(request, sweep_dir, plain)
-        with display:
+        with LiveTable(request, sweep_dir, plain) as display:
             summary = sw.run_sweep(sweep_dir, request, data_path, events=display.events(), executor=execute)
     _show(summary, as_json, plain, sweep_dir)
-    failures = summary.get("failures")
-    if failures:  # the others are summarised; --resume retries these from their last good epoch
-        listed = "; ".join(f"{f['run_dir']}: {f['message']}" for f in failures)
-        if all(f.get("status", "diverged") == "diverged" for f in failures):
-            raise TrainingDiverged(f"{len(failures)} of {summary['runs_total']} runs diverged ({listed})")
-        raise UsageProblem(f"{len(failures)} of {summary['runs_total']} runs did not complete ({listed}); "
-                           f"the others are summarised. Continue with: advbp sweep --resume --out {sweep_dir}")
+    sw.raise_failures(summary, sweep_dir)
 
 
 def _show(summary: dict, as_json: bool, plain: bool, sweep_dir: Path | None = None) -> None:
@@ -112,7 +96,7 @@ class LiveTable:
     given); always one plain line per finished run (useful in logs). Each running seed shows its RunProgress."""
 
     def __init__(self, request: sw.SweepRequest, sweep_dir: Path, plain: bool = False, clock=time.monotonic):
-        from rich.console import Console
+        from rich.console import Console  # lazy: rich stays off the import path of `advbp --help` and `advbp presets`
 
         self.request = request
         self.sweep_dir = sweep_dir
@@ -168,8 +152,6 @@ class LiveTable:
 
     def events(self) -> sw.SweepEvents:
         def reporter_for(preset, seed):
-            from ..trainer import Reporter
-
             row = self.rows[preset]
             progress = RunProgress(self.clock)
 

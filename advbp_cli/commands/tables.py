@@ -36,7 +36,7 @@ def print_table(header: list[str], rows: list[list[str]], *, title: str | None =
         for line in aligned(header, rows):
             click.echo(line)
         return
-    from rich.console import Console
+    from rich.console import Console  # lazy: only a terminal's table needs rich; plain output and `advbp --help` do not
     from rich.table import Table
     from rich.text import Text
 

@@ -1,30 +1,19 @@
-"""`advbp train`: one network, from a preset plus overrides, into a run directory."""
+"""`advbp train`: one network, from a preset plus overrides, into a run directory. Parses the options, draws the
+progress, prints the headline; advbp_cli.launch decides and trains."""
 
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
-
 import click
 
-from .. import presets
-from ..config import RunConfig, build_config, option_name
-from ..data.splits import ensure_dataset
-from ..data.paths import explained, resolve_data_dir
-from ..errors import UsageProblem
-from ..rundir import CONFIG, RunDir
+from ..config import RunConfig
+from ..launch import plan_run, start_run
+from ..protocol import not_comparable_note
+from ..rundir import RunDir
+from ..threads import resolve_threads
+from ..trainer import Reporter
 from .common import data_dir_option, emit_json, json_option, no_download_option
 from .config_options import ConfigOverrides, SectionedCommand, config_options
-
-# What may change when resuming: how many epochs, and where and on how many threads the arithmetic runs.
-RESUMABLE = {("train", "epochs"), ("runtime", "backend"), ("runtime", "device"), ("runtime", "threads")}
-
-
-def preset_config_values(name: str | None) -> dict:
-    if name is None:
-        return {}
-    return {"preset": name, **presets.config_values(presets.load_preset_or_explain(name, "--preset"))}
+from .progress import LiveLine, RunProgress
 
 
 @click.command("train", cls=SectionedCommand)
@@ -44,31 +33,11 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
     Every config field is an option (grouped by section below) and can also be given as --set SECTION.FIELD=VALUE.
     Defaults are the paper's MNIST settings; a --preset replaces them with its own.
     """
-    if resume_dir:
-        cfg, run = _resume_config(resume_dir, preset, out, config)
-    else:
-        cfg = build_config(preset_config_values(preset), config.values, origin=config.origin)
-        out_path = Path(out) if out else Path("runs") / f"{preset or 'custom'}-seed{cfg.runtime.seed}"
-        run = RunDir(out_path)
-    data_path, origin = resolve_data_dir(data_dir, runs=[run.path] if resume_dir else [])
-    # Data problems are found before anything is written, so a failed start leaves no run directory behind.
-    with explained(data_path, origin):
-        ensure_dataset(cfg.data.dataset, data_path, download=not no_download, log=_log)
-
-    # refuses a folder advbp did not write; locks first, so a run in progress is reported as such
-    run.lock(adopt=bool(resume_dir), option="--resume" if resume_dir else "--out")
-    try:
-        if not resume_dir and run.is_run() and not overwrite:
-            raise UsageProblem(f"--out {run.path} already holds a run; use --resume {run.path}, --overwrite, or another --out")
-        if overwrite and not resume_dir:
-            run.remove_own_files()  # advbp's files of the run, never a user's
-        summary = _train_with_display(cfg, run, data_path, resume=bool(resume_dir), as_json=as_json)
-    except UsageProblem:  # also a full disk or out of memory (the trainer says so in one line)
-        if not run.checkpoint_path.exists():
-            run.undo()  # a folder this created is removed, one that was empty is emptied again
-        raise
-    finally:
-        run.unlock()
+    cfg, run = plan_run(preset, resume_dir, out, config.values, config.origin)
+    threads = resolve_threads(cfg.runtime.threads, cfg)
+    with ProgressDisplay(cfg, run, threads.threads) as reporter:
+        summary = start_run(cfg, run, data_dir, resume=bool(resume_dir), overwrite=overwrite,
+                            download=not no_download, reporter=reporter, threads=threads, log=_log)
     if as_json:
         emit_json({"run_dir": str(run.path), **summary})
     else:
@@ -77,8 +46,6 @@ def train_cmd(preset, resume_dir, data_dir, no_download, out, overwrite, as_json
 
 def headline_text(path, summary: dict) -> str:
     """The final line: the headline, and the paper's number only when the run followed the paper's protocol."""
-    from ..protocol import not_comparable_note
-
     h = summary["headline"]
     text = f"{path}: {h['statistic']} = {h['value']:.3f}%"
     if h.get("final_epoch_error") is not None and summary.get("epochs_completed", 0) > 1:
@@ -91,59 +58,39 @@ def headline_text(path, summary: dict) -> str:
                                               "differences": h.get("differences_from_paper") or []})
 
 
-def _resume_config(resume_dir: str, preset, out, config: ConfigOverrides) -> tuple[RunConfig, RunDir]:
-    run = RunDir(resume_dir)
-    if not run.is_run():
-        raise UsageProblem(f"invalid value for --resume: {resume_dir} is not an advbp run directory (no {CONFIG})")
-    if preset or out:
-        raise UsageProblem("--resume continues a run as it was configured; --preset and --out cannot be given with it")
-    changed = sorted(where for key, where in config.origin.items() if key not in RESUMABLE)
-    if changed:
-        raise UsageProblem(f"--resume cannot change {', '.join(changed)} "
-                           f"(only {', '.join(option_name(*k) for k in sorted(RESUMABLE))})")
-    record = run.read_config()
-    if not isinstance(record.get("config"), dict):
-        raise UsageProblem(f"{run.config_path} is not an advbp run config (it has no 'config' object)")
-    cfg = build_config(record["config"], config.values, source=str(run.config_path), origin=config.origin)
-    if run.is_complete() and ("train", "epochs") not in config.origin:
-        raise UsageProblem(f"{resume_dir} is already complete ({cfg.train.epochs} epochs); give --epochs N to extend it")
-    return cfg, run
-
-
 def _log(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _train_with_display(cfg: RunConfig, run: RunDir, data_path: Path, resume: bool, as_json: bool) -> dict:
-    from ..threads import resolve_threads
-    from ..trainer import Reporter, train
-    from .progress import LiveLine, RunProgress
+class ProgressDisplay:
+    """The trainer's Reporter for a terminal or a log: a banner once data, network and checkpoint are loaded (so a
+    failed start prints one line, its error, and nothing else), a live progress line, one line per epoch."""
 
-    progress = RunProgress()
-    display = LiveLine(progress.line)
-    threads = resolve_threads(cfg.runtime.threads, cfg)
+    def __init__(self, cfg: RunConfig, run: RunDir, threads: int):
+        self.cfg, self.run, self.threads = cfg, run, threads
+        self.progress = RunProgress()
+        self.display = LiveLine(self.progress.line)
 
-    def start(first_epoch, epochs, steps_per_epoch):
-        # The banner and the progress line appear only once data, network and checkpoint are loaded, so a failed
-        # start prints one line (its error) and nothing else.
-        progress.start(first_epoch, epochs, steps_per_epoch)
-        display.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
-                      f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
-                      f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}, {threads.threads} thread(s)]")
+    def __enter__(self) -> Reporter:
+        return Reporter(start=self._start, steps=self.progress.steps, epoch_end=self._epoch_end, log=self.display.print)
+
+    def __exit__(self, *exc) -> None:
+        self.display.__exit__(None, None, None)
+
+    def _start(self, first_epoch, epochs, steps_per_epoch):
+        cfg, run = self.cfg, self.run
+        self.progress.start(first_epoch, epochs, steps_per_epoch)
+        self.display.print(f"advbp: training {cfg.preset or 'custom config'} ({cfg.train.method}, "
+                           f"{'x'.join(map(str, cfg.model.hidden))} {cfg.model.activation}) -> {run.path} "
+                           f"[{cfg.runtime.backend}, seed {cfg.runtime.seed}, {self.threads} thread(s)]")
         if first_epoch:
-            display.print(f"resuming {run.path} after epoch {first_epoch}")
-        display.__enter__()
+            self.display.print(f"resuming {run.path} after epoch {first_epoch}")
+        self.display.__enter__()
 
-    def epoch_end(row):
-        progress.epoch_end(row)
-        if progress.finished:  # no stale progress frame after the last epoch's line
-            display.__exit__(None, None, None)
+    def _epoch_end(self, row):
+        self.progress.epoch_end(row)
+        if self.progress.finished:  # no stale progress frame after the last epoch's line
+            self.display.__exit__(None, None, None)
         tr = f"train {row['train_error']:.2f}%  " if "train_error" in row else ""
-        display.print(f"epoch {row['epoch']:>3}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  {tr}"
-                      f"{cfg.data.eval_split} {row['eval_error']:.2f}%  {row['seconds']:.1f}s")
-
-    rep = Reporter(start=start, steps=progress.steps, epoch_end=epoch_end, log=display.print)
-    try:
-        return train(cfg, run, data_path, reporter=rep, resume=resume, threads=threads)
-    finally:
-        display.__exit__(None, None, None)
+        self.display.print(f"epoch {row['epoch']:>3}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  {tr}"
+                           f"{self.cfg.data.eval_split} {row['eval_error']:.2f}%  {row['seconds']:.1f}s")

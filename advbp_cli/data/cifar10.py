@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import pickle
 import tarfile
@@ -28,6 +29,7 @@ import numpy as np
 from ..errors import DataMissing, UsageProblem
 from ..files import write_bytes_atomic
 from .download import DownloadFailed, download_verified, mirrors_from_env, new_folder
+from .spec import DatasetSpec
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -90,8 +92,6 @@ def cifar10_folder(data_dir: Path) -> Path:
 
 # --- the restricted unpickler ----------------------------------------------------------------------------------
 def _numpy_attr(module: str, name: str):
-    import importlib
-
     for mod in (module.replace("numpy.core", "numpy._core", 1), module):
         try:
             return getattr(importlib.import_module(mod), name)
@@ -347,5 +347,13 @@ def load_cifar10(data_dir: Path, download: bool = True, log=print) -> dict[str, 
     }
 
 
-__all__ = ["load_cifar10", "ensure_files", "restricted_loads", "RestrictedUnpickler", "SHA256_BIN", "MD5_BIN",
+SPEC = DatasetSpec(
+    name="cifar10", title="CIFAR-10", description="32x32 RGB images of 10 classes (Table 3)",
+    image_shape=(3, 32, 32), classes=len(CLASSES), train_size=len(TRAIN_BATCHES) * RECORDS_PER_BATCH,
+    test_size=RECORDS_PER_BATCH, validation_size=10_000,
+    files_sha256={f"{batch}.bin": sha for batch, sha in SHA256_BIN.items()},
+    module=__name__, loader="load_cifar10",
+)
+
+__all__ = ["SPEC", "load_cifar10", "ensure_files", "restricted_loads", "RestrictedUnpickler", "SHA256_BIN", "MD5_BIN",
            "BINARY_ARCHIVE", "PYTHON_ARCHIVE", "CLASSES"]

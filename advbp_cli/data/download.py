@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import UsageProblem
 from ..files import atomic_path
@@ -32,7 +33,7 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _fetch(url: str, dest: Path, progress_label: str) -> None:
-    from rich.console import Console
+    from rich.console import Console  # lazy: only a download draws a bar
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
@@ -86,8 +87,6 @@ class DownloadFailed(UsageProblem):
 
 
 def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return (parts.netloc + "/" + parts.path.strip("/").rsplit("/", 1)[0]).rstrip("/") if parts.netloc else url
 

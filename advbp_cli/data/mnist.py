@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import DataMissing, UsageProblem
 from .download import DownloadFailed, download_verified, mirrors_from_env, new_folder, sha256_of
+from .spec import DatasetSpec
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -114,3 +115,11 @@ def load_mnist(data_dir: Path, download: bool = True, log=print) -> dict[str, np
         "x_test": x_test.reshape(len(x_test), -1),
         "y_test": read_idx(files["t10k-labels-idx1-ubyte"]),
     }
+
+
+SPEC = DatasetSpec(
+    name="mnist", title="MNIST", description="handwritten digits, 28x28 grey (Table 2)",
+    image_shape=(1, 28, 28), classes=10, train_size=60_000, test_size=10_000, validation_size=10_000,
+    files_sha256={f"{name}.gz": SHA256_GZ[name] for name in FILES},
+    module=__name__, loader="load_mnist", idx_image_shape=(28, 28),
+)

@@ -19,18 +19,12 @@ from run import prepare  # noqa: E402
 
 # name: (file, fragment, replacement, test files to run, what the bug is)
 BUGS = {
-    "torch-ignores-momentum-on-resume": (
-        "backends/torch/__init__.py",
-        "    def set_optimizer_state(self, state):\n        self.velocity = [",
-        "    def set_optimizer_state(self, state):\n        state = {}\n        self.velocity = [",
+    "resume-ignores-momentum": (
+        "backends/network.py",
+        "        self.velocity = [(self._array(state[f\"momentum.{wn}\"]), self._array(state[f\"momentum.{bn}\"]))",
+        "        state = {}\n        self.velocity = [(self._array(state[f\"momentum.{wn}\"]), self._array(state[f\"momentum.{bn}\"]))",
         ["tests/test_resume_claims.py", "tests/test_cifar_layers_parity.py"],
-        "the torch backend ignores the momentum buffers saved in the checkpoint"),
-    "numpy-ignores-momentum-on-resume": (
-        "backends/numpy/__init__.py",
-        "    def set_optimizer_state(self, state):\n        self.velocity = [",
-        "    def set_optimizer_state(self, state):\n        state = {}\n        self.velocity = [",
-        ["tests/test_resume_claims.py"],
-        "the numpy backend ignores the saved momentum buffers"),
+        "a resumed run (either backend) ignores the momentum buffers saved in the checkpoint"),
     "headline-first-n-epochs": (
         "advbp_cli/evaluate.py", "values = [m[key] for m in metrics[-n:]]", "values = [m[key] for m in metrics[:n]]",
         ["tests/test_run_claims.py", "tests/test_cli.py", "tests/test_sweep.py"],
@@ -39,14 +33,18 @@ BUGS = {
         "advbp_cli/evaluate.py", "values = [m[key] for m in metrics[-n:]]", "values = [m[key] for m in metrics]",
         ["tests/test_run_claims.py", "tests/test_cli.py"],
         "the run headline averages every epoch"),
-    "sparsity-counts-non-zeros": (
-        "advbp_cli/evaluate.py", "counts = [int((a == 0).sum()) for a in acts]",
-        "counts = [int((a != 0).sum()) for a in acts]",
+    "numpy-sparsity-counts-non-zeros": (
+        "backends/numpy.py", "    return a.size - np.count_nonzero(a)", "    return np.count_nonzero(a)",
         ["tests/test_run_claims.py", "tests/test_report.py", "tests/test_cli.py"],
-        "hidden-unit sparsity counts the non-zero activations"),
+        "the numpy backend's hidden-unit sparsity counts the non-zero activations"),
+    "torch-sparsity-counts-non-zeros": (
+        "backends/torch.py", "    return a.numel() - torch.count_nonzero(a)", "    return torch.count_nonzero(a)",
+        ["tests/test_run_claims.py", "tests/test_report.py", "tests/test_cli.py"],
+        "the torch backend's hidden-unit sparsity counts the non-zero activations"),
     "sparsity-wrong-layer-size": (
-        "advbp_cli/evaluate.py", "return [z / (total * s) for z, s in zip(zeros or [0] * len(sizes), sizes)]",
-        "return [z / (total * sizes[0]) for z, s in zip(zeros or [0] * len(sizes), sizes)]",
+        "advbp_cli/evaluate.py",
+        "    return [z / (total * s) if total else float(\"nan\") for z, s in zip(zeros, backend.model.hidden)]",
+        "    return [z / (total * backend.model.hidden[0]) if total else float(\"nan\") for z, s in zip(zeros, backend.model.hidden)]",
         ["tests/test_run_claims.py"],
         "every layer's zero count divided by the first hidden layer's size"),
     "manifest-records-last-eps": (
@@ -60,14 +58,18 @@ BUGS = {
         ["tests/test_attack_claims.py", "tests/test_attack.py"],
         "the manifest's source error is measured on the clean images"),
     "torch-fgsm-sign-flipped": (
-        "backends/torch/step.py", "    z = x + eps * torch.sign(e).to(x.dtype)", "    z = x - eps * torch.sign(e).to(x.dtype)",
+        "backends/torch.py", "    return torch.sign(a)", "    return -torch.sign(a)",
         ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
-        "the torch backend's FGSM moves against the gradient"),
-    "numpy-fgsm-ignores-clip": (
-        "backends/numpy/step.py", "    if clip is not None:\n        z = np.clip(z, clip[0], clip[1])",
-        "    if False:\n        z = np.clip(z, clip[0], clip[1])",
+        "the torch backend's sign primitive is flipped, so its FGSM moves against the gradient"),
+    "numpy-ignores-clip": (
+        "backends/numpy.py", "    return np.clip(a, lo, hi, out=a)", "    return a",
         ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
-        "the numpy backend's training step ignores --clip"),
+        "the numpy backend's clip primitive does nothing, so --clip is ignored"),
+    "fgsm-ignores-clip": (
+        "backends/step.py", "    if clip is not None:\n        ops.clip_(z, clip[0], clip[1])\n    return z",
+        "    return z",
+        ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
+        "the shared FGSM step ignores --clip in both backends"),
     "init-std-off-by-10-percent": (
         "advbp_cli/rng.py", "rng.standard_normal(shape) * init_std if", "rng.standard_normal(shape) * init_std * 1.1 if",
         ["tests/test_run_claims.py"],
@@ -82,8 +84,9 @@ BUGS = {
         ["tests/test_attack_claims.py"],
         "--model-mode train draws its dropout masks from seed 0 whatever the run's seed"),
     "env-wins-over-data-dir-option": (
-        "advbp_cli/data/paths.py", "    if option:\n        return Path(option), \"--data-dir\"\n",
-        "    if option and not os.environ.get(ENV_DATA_DIR):\n        return Path(option), \"--data-dir\"\n",
+        "advbp_cli/data/paths.py",
+        "    for value, origin in ((option, \"--data-dir\"), (os.environ.get(ENV_DATA_DIR), f\"${ENV_DATA_DIR}\")):",
+        "    for value, origin in ((os.environ.get(ENV_DATA_DIR), f\"${ENV_DATA_DIR}\"), (option, \"--data-dir\")):",
         ["tests/test_data_claims.py"],
         "$ADVBP_DATA_DIR wins over --data-dir"),
 }
