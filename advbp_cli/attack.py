@@ -127,7 +127,7 @@ def pixel_box(preprocess: dict | None) -> tuple[float, float] | None:
 
 
 def clip_rule(preprocess: dict | None, clip: bool | None, option: str = "--clip") -> ClipRule:
-    """The clipping of FGSM inputs for a run's preprocessing. `clip` None (the default) clips to the image of the
+    """The clipping of attack inputs (FGSM, and every BIM/PGD iterate) for a run's preprocessing. `clip` None (the default) clips to the image of the
     pixel box [0, 1] where that is a box (scale01, simple) and does not clip ZCA inputs; True asks for that box and
     is refused for ZCA; False never clips."""
     kind = (preprocess or {}).get("kind", "scale01")
@@ -140,7 +140,9 @@ def clip_rule(preprocess: dict | None, clip: bool | None, option: str = "--clip"
                                f"under {kind} whitening is not a box); leave {option} out, or give "
                                f"{option.replace('--', '--no-', 1)}")
         return ClipRule(None, f"not clipped: {kind} inputs have no per-coordinate image of the pixel range [0, 1] "
-                              f"(whitening rotates the pixel box), so FGSM sets of {kind} runs are left unclipped")
+                              f"(whitening rotates the pixel box), so attack inputs of {kind} runs are left "
+                              "unclipped: FGSM's x + eps sign(e) as is, BIM and PGD projected onto the eps-ball "
+                              "around x only")
     if kind == "scale01":
         return ClipRule(box, "clipped to the pixel range [0, 1]")
     return ClipRule(box, f"clipped to [{box[0]:.6g}, {box[1]:.6g}], the image of the pixel range [0, 1] under "
