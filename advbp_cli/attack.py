@@ -1,4 +1,6 @@
-"""FGSM attack sets (Goodfellow et al. 2014; Nøkland 2015 section 3) and the errors of models on them.
+"""What every attack shares (eps lists, clipping rules, the data's identity, the gradient's network, the error of a
+network on a set) and FGSM's arithmetic (Goodfellow et al. 2014; Nøkland 2015 section 3). The attacks themselves,
+FGSM, BIM and PGD, are entries of the registry in attack_methods.py.
 
 z = x + eps * sign(dJ/dx), computed with the source network in evaluation mode (dropout off) unless
 `--model-mode train` asks for dropout as in training (masks from the run's seed, see ATTACK_MASK_EPOCH); the
@@ -16,8 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data.splits import training_count
 from .errors import UsageProblem
-from .evaluate import check_finite, evaluate_arrays
+from .evaluate import evaluate_arrays
+from .networks import build_backend
+from .rng import DropoutMasks
 
 MAX_EPS_VALUES = 1000
 LOSSES = ("model", "sigmoid_bce", "softmax_ce")
@@ -82,16 +87,10 @@ def split_checksum(raw: dict, split) -> str:
     return h.hexdigest()
 
 
-# Images in each data set's training file (the validation split is the last 10 000 of them).
-TRAIN_FILE_SIZES = {"mnist": 60_000, "cifar10": 50_000}
-
-
 def training_indices(cfg) -> tuple[str, int]:
-    """(file, n): a run was trained on the first n images of the `file` ("train") data."""
-    n = TRAIN_FILE_SIZES.get(cfg.data.dataset, 60_000) - (10_000 if cfg.data.eval_split == "validation" else 0)
-    if cfg.data.train_limit is not None:
-        n = min(n, cfg.data.train_limit)
-    return "train", n
+    """(file, n): a run was trained on the first n images of the `file` ("train") data (the data set registry's
+    sizes and validation hold-out)."""
+    return "train", training_count(cfg.data)
 
 
 def overlap_with_training(cfg, manifest: dict, indices: np.ndarray) -> int:
@@ -128,7 +127,7 @@ def pixel_box(preprocess: dict | None) -> tuple[float, float] | None:
 
 
 def clip_rule(preprocess: dict | None, clip: bool | None, option: str = "--clip") -> ClipRule:
-    """The clipping of FGSM inputs for a run's preprocessing. `clip` None (the default) clips to the image of the
+    """The clipping of attack inputs (FGSM, and every BIM/PGD iterate) for a run's preprocessing. `clip` None (the default) clips to the image of the
     pixel box [0, 1] where that is a box (scale01, simple) and does not clip ZCA inputs; True asks for that box and
     is refused for ZCA; False never clips."""
     kind = (preprocess or {}).get("kind", "scale01")
@@ -141,7 +140,9 @@ def clip_rule(preprocess: dict | None, clip: bool | None, option: str = "--clip"
                                f"under {kind} whitening is not a box); leave {option} out, or give "
                                f"{option.replace('--', '--no-', 1)}")
         return ClipRule(None, f"not clipped: {kind} inputs have no per-coordinate image of the pixel range [0, 1] "
-                              f"(whitening rotates the pixel box), so FGSM sets of {kind} runs are left unclipped")
+                              f"(whitening rotates the pixel box), so attack inputs of {kind} runs are left "
+                              "unclipped: FGSM's x + eps sign(e) as is, BIM and PGD projected onto the eps-ball "
+                              "around x only")
     if kind == "scale01":
         return ClipRule(box, "clipped to the pixel range [0, 1]")
     return ClipRule(box, f"clipped to [{box[0]:.6g}, {box[1]:.6g}], the image of the pixel range [0, 1] under "
@@ -169,8 +170,6 @@ def gradient_network(net, cfg, loss: str):
         raise UsageProblem(f"invalid value for --loss: {loss!r} (expected one of {', '.join(LOSSES)})")
     if loss in ("model", cfg.model.output):
         return net, cfg.model.output
-    from .networks import build_backend
-
     other = cfg.model_copy(deep=True)
     other.model.output = loss
     g = build_backend(other, net.name, net.device, net.dtype)
@@ -196,8 +195,6 @@ def fgsm_signs(net, x: np.ndarray, y: np.ndarray, batch_size: int, train_mode_cf
     With `train_mode_cfg` (the source's RunConfig) dropout is active, as while training (--model-mode train)."""
     masks = None
     if train_mode_cfg is not None:
-        from .rng import DropoutMasks
-
         masks = DropoutMasks(train_mode_cfg.runtime.seed, ATTACK_MASK_EPOCH)
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
@@ -262,16 +259,3 @@ def error_of(net, x: np.ndarray, y: np.ndarray) -> float:
         raise UsageProblem("the source network's outputs are NaN or Inf on these inputs, so the set has no error "
                            "rate (weights or inputs out of range)")
     return ev.error
-
-
-def whitebox_errors(net, cfg, x, y, eps_list, clip, batch_size: int, loss: str = "model"):
-    """Error of a network on FGSM sets computed from its own gradient (white-box), one row per eps, plus the
-    Gradients (for the zero-gradient count)."""
-    gnet, loss_name = gradient_network(net, cfg, loss)
-    grads = fgsm_signs(gnet, x, y, batch_size)
-    rows = []
-    for eps in eps_list:
-        z = finite_inputs(perturb(x, grads.signs, eps, clip), eps, "--fgsm-eps")
-        ev = check_finite(evaluate_arrays(net, z, y), f"white-box FGSM at eps {eps:g}")
-        rows.append({"eps": eps, "error": ev.error, "loss": ev.loss, "n": ev.n, "gradient_loss": loss_name})
-    return rows, grads

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from . import outdir
+from .attack import preprocess_identity
+from .data.download import sha256_of
 from .errors import UsageProblem
 from .files import atomic_path, loads_finite, write_json_atomic
 
 FORMAT = "advbp-attack-set/1"
 DIR_FORMAT = "advbp-attack-dir/1"
 DIR_MANIFEST = "manifest.json"
-IMAGE_SHAPES = {784: (28, 28)}  # how a flat input is shown as an image in IDX files
 
 _IDX_UINT8 = 0x08
 _IDX_INT32 = 0x0C
@@ -52,10 +54,6 @@ class AttackSet:
 def eps_tag(eps: float) -> str:
     """0.25 -> '0.25', 0.05 -> '0.05', 1e-05 -> '1e-05': the shortest text that reads back as the same float."""
     return repr(float(eps))
-
-
-def set_name(eps: float) -> str:
-    return f"fgsm-eps{eps_tag(eps)}"
 
 
 def files_for(out_dir: Path, name: str, fmt: str) -> dict[str, Path]:
@@ -123,8 +121,6 @@ def write_set(out_dir: Path, name: str, fmt: str, x: np.ndarray, y: np.ndarray, 
         _write_bytes(files["images"], _idx_bytes(x.reshape(len(x), *shape), _IDX_UINT8))
         _write_bytes(files["labels"], _idx_bytes(np.asarray(y, dtype=np.uint8), _IDX_UINT8))
         _write_bytes(files["indices"], _idx_bytes(np.asarray(indices, dtype=np.int32), _IDX_INT32))
-    from .data.download import sha256_of
-
     manifest["sha256"] = {k: sha256_of(p) for k, p in files.items() if k != "manifest"}
     write_json_atomic(files["manifest"], manifest)
     return files
@@ -362,10 +358,6 @@ def sets_in_dir(folder: str | Path) -> list[Path]:
 def same_preprocessing(a: dict | None, b: dict | None) -> bool:
     """Whether two preprocessings (Preprocessor.describe() dicts; None = a set from before preprocessing was
     recorded, i.e. scale01) are the same transform: same kind and fitted parameters."""
-    import math
-
-    from .attack import preprocess_identity
-
     ia, ib = preprocess_identity(a), preprocess_identity(b)
     if ia.keys() != ib.keys():
         return False
@@ -390,8 +382,6 @@ def check_compatible(aset: AttackSet, cfg, model_label: str, preprocess: dict | 
             f"attack set {aset.path} was made from data set {name!r}, but {model_label} is a {cfg.data.dataset!r} model"
         )
     if preprocess is not None and not same_preprocessing(aset.manifest.get("preprocess"), preprocess):
-        from .attack import preprocess_identity
-
         theirs = preprocess_identity(aset.manifest.get("preprocess"))
         ours = preprocess_identity(preprocess)
         what = (f"{theirs['kind']} inputs" if theirs["kind"] != ours["kind"] else

@@ -18,13 +18,10 @@ import numpy as np
 
 from . import __version__, figures, outdir, presets
 from .config import RunConfig
-from .data.paths import explained, resolve_data_dir
 from .data.registry import get_dataset
-from .data.splits import load_raw, preprocessor_for, split_of
 from .errors import UsageProblem
 from .evaluate import CHUNK, hidden_sparsity, mean_last_epochs
 from .files import write_json_atomic, write_text_atomic
-from .networks import load_network
 from .rundir import CHECKPOINT, CONFIG, RunDir
 
 FORMATS = ("png", "svg")
@@ -244,26 +241,20 @@ def first_layer(net, cfg) -> tuple[np.ndarray, tuple[int, int, int], str, str]:
     return weights, shape, kind, name
 
 
-def build_panels(groups: list[Group], raws: dict, limit: int | None, backend: str | None, device: str | None,
-                 data_dir=None, log=print) -> list[Panel]:
+def build_panels(groups: list[Group], models: list, limit: int | None) -> list[Panel]:
+    """One panel per group from its first run, `models[i]` (model_data.ModelWithData) being group i's."""
     panels = []
-    preps: dict = {}
-    for g in groups:
-        run = g.runs[0]
-        net, cfg, _ckpt, meta = load_network(run.path, backend=backend, device=device)
-        split = cfg.data.eval_split
-        raw = raws[cfg.data.dataset]
-        key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
-        if key not in preps:  # the run's preprocessing, fitted on its training split (ZCA: from the cache)
-            preps[key] = preprocessor_for(cfg.data, raw, log)
+    for g, m in zip(groups, models):
+        run, net, cfg = g.runs[0], m.net, m.cfg
         # exactly what `advbp eval RUN [--limit N]` evaluates: the run's eval split, whole unless --limit
-        data = split_of(raw, split, cfg.data.eval_split, net.dtype, limit, preps[key])
+        split = cfg.data.eval_split
+        data = m.split(split, limit)
         weights, tile_shape, tile_kind, layer = first_layer(net, cfg)
         # the fully connected hidden layers (a conv net's conv blocks are not counted), as `advbp eval` reports
         zeros = hidden_sparsity(net, data.x)
         # the histogram is kept, not the activations: memory stays one network's worth for any number of panels
         hist = figures.histogram(hidden_activations(net, data.x), zeros)
-        panels.append(Panel(g.label, g.title, run, int(meta.get("epoch", 0)), weights, tile_shape, tile_kind, layer,
+        panels.append(Panel(g.label, g.title, run, int(m.meta.get("epoch", 0)), weights, tile_shape, tile_kind, layer,
                             hist, zeros, split, len(data.y)))
     return panels
 
@@ -321,11 +312,12 @@ def make_report(sources: list[str], out: str | None, fmt: str, data_dir: str | N
 
     # Read and compute everything first: a mistake in the input must leave no output directory behind.
     groups = discover(sources, log)
-    data_path, origin = resolve_data_dir(data_dir, runs=[r.path for g in groups for r in g.runs])
-    datasets = dict.fromkeys(g.runs[0].cfg.data.dataset for g in groups)
-    with explained(data_path, origin):
-        raws = {ds: load_raw(ds, data_path, download=download, log=log) for ds in datasets}
-    panels = build_panels(groups, raws, limit, backend, device, data_path, log)
+    from .model_data import load_models
+
+    # each group's first run with its data and preprocessing (the loader `advbp eval` and `advbp attack` use)
+    models = load_models([g.runs[0].path for g in groups], backend=backend, device=device, data_dir=data_dir,
+                         download=download, log=log, data_runs=[r.path for g in groups for r in g.runs])
+    panels = build_panels(groups, models, limit)
     report = Report(groups, panels, list(sources), limit, tiles)
 
     # written as a whole: a failure or a kill leaves the previous report (or no folder), never half of one

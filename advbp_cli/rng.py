@@ -9,6 +9,7 @@ import numpy as np
 STREAM_INIT = 0
 STREAM_SHUFFLE = 1
 STREAM_DROPOUT = 2
+STREAM_ATTACK = 3
 
 
 def layer_sizes(input_size: int, hidden: list[int], num_classes: int) -> list[int]:
@@ -52,3 +53,22 @@ class DropoutMasks:
         rng = np.random.default_rng([self.seed, STREAM_DROPOUT, self.epoch, self.first_step + k])
         return [None if rate <= 0 else rng.random(shape, dtype=np.float32) >= np.float32(rate)
                 for shape, rate in sites]
+
+
+class RandomStarts:
+    """PGD's uniform random starts in the eps-ball, for restart r (0-based) of an attack keyed by `seed`: the rows
+    of the attacked split, in order, take u ~ U[0, 1)^d from default_rng([seed, STREAM_ATTACK, r]) (float64), and
+    the start is x + eps (2u - 1). The generator is consumed row after row, so the rows [a, b) get the same numbers
+    whatever the batches they are drawn in (batch-size independence), the first n rows the same for any --limit,
+    and every eps of one attack the same u (a set is rebuilt from its own manifest: seed, restarts, eps)."""
+
+    def __init__(self, seed: int, restart: int):
+        self._rng = np.random.default_rng([seed, STREAM_ATTACK, restart])
+
+    def next_rows(self, n: int, d: int, eps: float) -> np.ndarray:
+        """The offsets eps (2u - 1) of the next n rows (float64, in [-eps, eps))."""
+        u = self._rng.random((n, d))
+        u *= 2.0
+        u -= 1.0
+        u *= eps
+        return u

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -175,6 +175,32 @@ class Backend:
             return ops.to_numpy(alg.input_gradient(net, self.params, x, y, m))
         return np.concatenate([ops.to_numpy(alg.input_gradient(net, self.params, x[c], y[c]))
                                for c in self._chunks(len(x))])
+
+    @computing
+    def linf_attack(self, x, y, eps: float, step_size: float, steps: int, clip: tuple[float, float] | None = None,
+                    start=None, masks: Callable[[int], MaskSource] | None = None, k: int = 0, step=None,
+                    observe: Callable | None = None) -> tuple[np.ndarray, int]:
+        """BIM / PGD under the L-inf ball (step.linf_attack): `steps` iterations from z = x, or from x + start
+        (PGD's random start, drawn by the caller, projected first), each from every sample's own input gradient,
+        so sample i's iterates depend on sample i alone. Without `masks` the network is in evaluation mode;
+        masks(t) gives iteration t's mask source, whose step k is used with the rates of `step`. observe(t, z)
+        sees every iterate (a numpy view, valid during the call; one call per evaluation chunk).
+        Returns the last iterate and the number of NaN or Inf input-gradient components met on the way."""
+        ops = self.ops
+        out, nonfinite = [], 0
+        for c in ([slice(None)] if masks is not None else self._chunks(len(x))):
+            xc, yc = x[c], y[c]
+            lo, hi = alg.linf_bounds(ops, xc, eps, clip)
+            z = ops.copy(xc) if start is None else ops.clamp_(xc + start[c], lo, hi)
+            masks_at = None
+            if masks is not None:
+                sites = dropout_sites(self.arch, step, len(xc))
+                masks_at = lambda t: self._mask_arrays(masks(t).masks(k, sites), sites)  # noqa: E731
+            seen = None if observe is None else (lambda t, zt: observe(t, ops.to_numpy(zt)))
+            z, bad = alg.linf_attack(self.net, self.params, z, yc, lo, hi, step_size, steps, masks_at, seen)
+            out.append(ops.to_numpy(z))
+            nonfinite += 0 if bad is None else int(ops.to_numpy(bad))
+        return np.concatenate(out), nonfinite
 
     @computing
     def hidden_activations(self, x) -> list[np.ndarray]:

@@ -182,6 +182,11 @@ def count_zeros(a: np.ndarray) -> np.ndarray:
     return a.size - np.count_nonzero(a)
 
 
+def count_nonfinite(a: np.ndarray) -> np.ndarray:
+    """How many entries of a are NaN or Inf (an input gradient that defines no direction)."""
+    return a.size - np.count_nonzero(np.isfinite(a))
+
+
 # ----------------------------------------------------------------------------------- FGSM, the update
 
 
@@ -191,6 +196,12 @@ def sign(a: np.ndarray) -> np.ndarray:
 
 
 def clip_(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip(a, lo, hi, out=a)
+
+
+def clamp_(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """a <- min(max(a, lo), hi) elementwise, with bounds of a's shape (the projection of iterative attacks onto
+    their eps-ball and pixel box); NaN stays NaN."""
     return np.clip(a, lo, hi, out=a)
 
 

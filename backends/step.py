@@ -3,7 +3,8 @@ backend's primitives (`net.ops`: backends/numpy.py, backends/torch.py, or any re
 
   1. forward x .................................. forward
   2. back-propagate to the input (no weights) .. input_gradient = forward + backward(want_input_grad=True)
-  3. z = x + eps * sign(e) ...................... fgsm_perturb
+  3. z = x + eps * sign(e) ...................... fgsm_perturb (iterated under the L-inf ball, for attacks:
+                                                 linf_bounds, linf_step, linf_attack)
   4. forward and backward on z .................. learn_from
   5. update the weights ......................... optimizer_update (weight decay, momentum, max-norm), or
                                                  sgd_update (plain SGD, fused), called by backward for each
@@ -172,6 +173,44 @@ def fgsm_perturb(ops, x, e, eps: float, clip: tuple[float, float] | None):
     if clip is not None:
         ops.clip_(z, clip[0], clip[1])
     return z
+
+
+def linf_bounds(ops, x, eps: float, clip: tuple[float, float] | None):
+    """(lo, hi): the box every iterate of an L-inf attack stays in, [x - eps, x + eps] intersected with the pixel
+    box `clip` when given. x + eps rounds exactly as fgsm_perturb's x + eps * sign(e) does where sign(e) = 1 (and
+    x - eps where it is -1), so one step of size eps from x lands on the bound: K = 1 is FGSM bit for bit."""
+    lo, hi = x - eps, x + eps
+    if clip is not None:
+        ops.clip_(lo, clip[0], clip[1])
+        ops.clip_(hi, clip[0], clip[1])
+    return lo, hi
+
+
+def linf_step(ops, z, e, step_size: float, lo, hi):
+    """One iteration of BIM / PGD, in place: z <- min(max(z + step_size * sign(e), lo), hi), the projection onto
+    the eps-ball around x and the pixel box (linf_bounds) in one clamp."""
+    s = ops.sign(e)
+    s *= step_size
+    z += s
+    return ops.clamp_(z, lo, hi)
+
+
+def linf_attack(net: Net, params, z, y, lo, hi, step_size: float, steps: int, masks_at: Callable | None = None,
+                observe: Callable | None = None):
+    """BIM / PGD (Kurakin et al. 2016; Madry et al. 2018): `steps` iterations of linf_step on z (in place), each
+    from the sample's own input gradient at the current iterate (step 2 of Algorithm 1). masks_at(t) gives
+    iteration t's dropout masks (None: evaluation mode); observe(t, z) sees every iterate. Returns z and the
+    number of NaN or Inf gradient components met (a 0-d array: one device sync at the end, not one per step)."""
+    ops = net.ops
+    nonfinite = None
+    for t in range(steps):
+        e = input_gradient(net, params, z, y, masks_at(t) if masks_at is not None else None)
+        bad = ops.count_nonfinite(e)
+        nonfinite = bad if nonfinite is None else nonfinite + bad
+        linf_step(ops, z, e, step_size, lo, hi)
+        if observe is not None:
+            observe(t, z)
+    return z, nonfinite
 
 
 def gradients(net: Net, params, x, y, masks=None):

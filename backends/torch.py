@@ -153,6 +153,10 @@ def count_zeros(a: torch.Tensor) -> torch.Tensor:
     return a.numel() - torch.count_nonzero(a)
 
 
+def count_nonfinite(a: torch.Tensor) -> torch.Tensor:
+    return a.numel() - torch.count_nonzero(torch.isfinite(a))
+
+
 # ----------------------------------------------------------------------------------- FGSM, the update
 
 
@@ -162,6 +166,10 @@ def sign(a: torch.Tensor) -> torch.Tensor:
 
 def clip_(a: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return a.clamp_(lo, hi)
+
+
+def clamp_(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    return a.clamp_(min=lo, max=hi)
 
 
 def sub_(w: torch.Tensor, g: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -144,6 +144,9 @@ SPECIAL = {
                           st.sampled_from(["MISSING", "EMPTY", "GARBAGE", "CONFIG", "", "-"])),
     ("eval", "limit"): cheap(-2, 60),
     ("eval", "fgsm_eps"): (GOOD_EPS, BAD_EPS),
+    ("eval", "eps_values"): (GOOD_EPS, BAD_EPS),
+    ("eval", "methods"): (st.sampled_from(["fgsm"]), st.one_of(st.sampled_from(["pgd", "bim", "fgsm,pgd", "fgsm,x",
+                                                                                 ""]), junk)),
     ("eval", "attack_sets"): (st.sampled_from(["SETS"]), st.sampled_from(["MISSING", "EMPTY", "GARBAGE", "GOOD_RUN"])),
     ("eval", "curve_out"): (st.sampled_from(["FRESH.csv", "FRESH.json"]), st.sampled_from(["FRESH.txt", "EMPTY", ""])),
     ("eval", "data_dir"): (st.sampled_from(["DATA"]), st.sampled_from(["EMPTY", "MISSING", "GARBAGE", ""])),
@@ -151,6 +154,7 @@ SPECIAL = {
     ("presets show", "name"): (st.sampled_from(PRESETS), st.one_of(st.just("table2"), junk)),
     ("attack", "source"): (st.sampled_from(["GOOD_RUN", "GOOD_CKPT"]), st.sampled_from(["MISSING", "EMPTY", "GARBAGE"])),
     ("attack", "eps_values"): (GOOD_EPS, BAD_EPS),
+    ("attack", "method"): (st.sampled_from(["fgsm"]), st.one_of(st.sampled_from(["pgd", "bim"]), junk)),
     ("attack", "limit"): cheap(-2, 30),
     ("attack", "out_dir"): (st.sampled_from(["FRESH"]), st.sampled_from(["GARBAGE", "SETS", "EMPTY", ""])),
     ("attack", "data_dir"): (st.sampled_from(["DATA"]), st.sampled_from(["EMPTY", "MISSING", "GARBAGE", ""])),
@@ -184,8 +188,9 @@ NOT_IN_VALID_MODE = {
               "input_size", "num_classes", "arch", "input_shape", "dataset", "preprocess"},
     "train": {"resume_dir", "device", "preset", "dataset", "preprocess", "input_size", "num_classes", "arch",
               "input_shape"},
-    "eval": {"device", "split", "curve_out"},
-    "attack": {"device", "split"},
+    # the iterative attacks' options are refused with fgsm (and bim/pgd need --steps): tests/test_iterative_attacks.py
+    "eval": {"device", "split", "curve_out", "steps", "step_size", "restarts", "seed", "fgsm_clip"},
+    "attack": {"device", "split", "steps", "step_size", "restarts", "seed"},
     "report": {"device"},
 }
 

@@ -259,7 +259,7 @@ def test_loose_and_legacy_sets_are_not_trusted(world, data_dir, tmp_path, cli):
 # ------------------------------------------------------------ 1b. a folder of sets is written as a whole (real kills)
 KILL_AFTER_WRITE_SET = """
 import os, signal
-import advbp_cli.commands.attack as cmd
+import advbp_cli.attack_folder as cmd
 real = cmd.write_set
 count = [0]
 def write_set(*a, **k):
@@ -708,10 +708,10 @@ def test_an_oversized_network_is_one_line_naming_the_option(command, backend, da
         assert [p.name for p in out.iterdir() if p.is_dir()] == []
 
 
-@pytest.mark.parametrize("command,target", [("eval", "advbp_cli.commands.eval.evaluate_arrays"),
-                                            ("attack", "advbp_cli.commands.attack.fgsm_signs"),
+@pytest.mark.parametrize("command,target", [("eval", "advbp_cli.robustness.evaluate_arrays"),
+                                            ("attack", "advbp_cli.attack_folder.run_attack"),
                                             ("report", "advbp_cli.report.hidden_sparsity"),
-                                            ("eval --curve-out", "advbp_cli.commands.eval.evaluate_arrays")])
+                                            ("eval --curve-out", "advbp_cli.robustness.evaluate_arrays")])
 @pytest.mark.parametrize("kind", ["MemoryError", "torch"])
 def test_out_of_memory_in_other_commands_is_one_line(command, target, kind, world, data_dir, tmp_path, cli,
                                                      monkeypatch):

@@ -123,7 +123,7 @@ def stack(arrays: list) -> Wrapped:
 
 for _name in ("copy", "take_rows", "linear", "linear_grad_input", "matmul_tn", "relu_", "relu_grad", "tanh_",
               "tanh_grad", "sigmoid", "sigmoid_", "sigmoid_grad", "softplus", "log_softmax", "exp", "take_labels",
-              "set_labels_", "sum_rows", "sum_batch", "mean", "argmax_rows", "count_different", "count_zeros",
-              "sign", "clip_", "sub_", "sub_matmul_tn_", "max_norm_", "conv2d", "conv2d_grad_input",
+              "set_labels_", "sum_rows", "sum_batch", "mean", "argmax_rows", "count_different", "count_zeros", "count_nonfinite",
+              "sign", "clip_", "clamp_", "sub_", "sub_matmul_tn_", "max_norm_", "conv2d", "conv2d_grad_input",
               "conv2d_grad_params", "max_pool", "max_pool_grad"):
     globals()[_name] = _lift(_name)

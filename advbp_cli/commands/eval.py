@@ -1,5 +1,6 @@
-"""`advbp eval`: error, loss and hidden-unit sparsity of trained networks on a split; with --attack-set or
---fgsm-eps also their error on FGSM attack sets (transfer / white-box), as a robustness curve."""
+"""`advbp eval`: error, loss and hidden-unit sparsity of trained networks on a split; with --attack-set or --eps
+(--method fgsm|bim|pgd) also their error on stored attack sets (transfer) and under white-box attacks, as a
+robustness curve. The work is advbp_cli.robustness.evaluate_models; this module parses and prints."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ from pathlib import Path
 
 import click
 
-from ..data.paths import explained, resolve_data_dir
-from ..data.splits import load_raw, preprocessor_for, split_of
-from ..errors import UsageProblem, os_problem
-from ..evaluate import check_finite, evaluate_arrays
-from ..networks import load_network
+from ..attack import LOSSES, parse_eps
+from ..attack_methods import method_names, resolve_attacks
 from ..cliparams import FINITE_PERCENT
+from ..errors import UsageProblem, os_problem
+from ..robustness import EvalRequest, curve_format, evaluate_models, expand_sets, write_curve
+from .attack import attack_method_options
+from .config_options import runtime_options
 from .common import apply_command_threads, backend_options, data_dir_option, emit_json, explain_stray_values, json_option, no_download_option, threads_option
 from .tables import is_plain, plain_option, print_table
-
-UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percent": "percent of the hidden units' "
-         "activations that are exactly 0, per hidden layer, over the n images"}
 
 
 @click.command("eval")
@@ -30,16 +29,27 @@ UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percen
 @click.option("--attack-set", "attack_sets", multiple=True, type=click.Path(),
               help="Error on a stored attack set (an .npz, or an idx set's .json), or on every set of a folder "
                    "written by `advbp attack`. Repeatable.")
-@click.option("--fgsm-eps", "fgsm_eps", multiple=True,
-              help="White-box FGSM error against each model itself, on --split; a value, list or START:STOP:STEP.")
-@click.option("--fgsm-clip/--fgsm-no-clip", default=None,
-              help="Clip white-box FGSM inputs to the pixel range [0, 1] as each model's preprocessing maps it "
+@click.option("--eps", "eps_values", multiple=True,
+              help="White-box attacks (each model attacked with its own gradient) at each eps, on --split; a value, "
+                   "list or START:STOP:STEP.")
+@click.option("--fgsm-eps", "fgsm_eps", multiple=True, help="The older name of --eps, for --method fgsm.")
+@click.option("--method", "methods", multiple=True,
+              help=f"White-box attacks at every --eps: {', '.join(method_names())}; repeat it or give a list "
+                   "(fgsm,pgd) to draw their curves side by side. Default: fgsm.")
+@attack_method_options
+@click.option("--loss", "gradient_loss", type=click.Choice(LOSSES), default="model", show_default=True,
+              help="Objective whose input gradient drives the white-box attacks (as `advbp attack --loss`): each "
+                   "model's own training objective (model), or another one on its logits.")
+@click.option("--clip/--no-clip", "clip", default=None,
+              help="Clip white-box attack inputs to the pixel range [0, 1] as each model's preprocessing maps it "
                    "(as `advbp attack --clip`). Default: clip, except ZCA models, which are left unclipped.")
+@click.option("--fgsm-clip/--fgsm-no-clip", "fgsm_clip", default=None, help="The older name of --clip/--no-clip.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples per input-gradient computation for --fgsm-eps: memory only (each sample's gradient is "
-                   "its own, so the signs do not depend on it, as in `advbp attack`).")
+              help="Samples per input-gradient computation of the white-box attacks: memory only (each sample's "
+                   "gradient is its own, so the attacks do not depend on it, as in `advbp attack`).")
 @click.option("--curve-out", type=click.Path(dir_okay=False), default=None,
-              help="Save the robustness curve (error per model, attack and eps) as .csv or .json.")
+              help="Save the robustness curve (error per model, attack, method and eps) as .csv or .json.")
+@runtime_options("dtype", default_note="the checkpoint's: the arithmetic of evaluation and white-box attacks")
 @backend_options
 @threads_option
 @data_dir_option(reads_runs=True)
@@ -48,204 +58,78 @@ UNITS = {"error": "percent of n", "loss": "mean per sample", "hidden_zero_percen
               help="Exit 1 when the clean error (%) is above this: a gate for CI.")
 @plain_option
 @json_option
-def eval_cmd(sources, split, limit, attack_sets, fgsm_eps, fgsm_clip, batch_size, curve_out, backend, device,
-             threads, data_dir, no_download, max_error, plain, as_json):
+def eval_cmd(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts, seed,
+             gradient_loss, clip, fgsm_clip, batch_size, curve_out, dtype, backend, device, threads, data_dir,
+             no_download, max_error, plain, as_json):
     """Evaluate run directories or checkpoint files (any backend can load any checkpoint).
 
-    With several SOURCEs and --attack-set FOLDER (or --fgsm-eps 0.05:0.5:0.05) it prints the robustness curve,
-    error against eps per model; --curve-out saves it. With --json: one SOURCE prints one object (as always),
-    several print {"models": [...], "curve": [...]}. Units: every error and zero fraction is in percent (`error`,
-    `hidden_zero_percent`; "units" in the JSON says so), losses are means per sample.
+    With several SOURCEs and --attack-set FOLDER or --eps 0.05:0.5:0.05 (white-box, --method fgsm,pgd --steps 40)
+    it prints the robustness curve, error against eps per model and attack; --curve-out saves it. With --json: one
+    SOURCE prints one object (as always), several print {"models": [...], "curve": [...]}. Units: every error and
+    zero fraction is in percent (`error`, `hidden_zero_percent`; "units" in the JSON says so), losses are means
+    per sample.
     """
-    from ..attack import parse_eps
-
     threads = apply_command_threads(threads)
-    explain_stray_values(sources, "--fgsm-eps" if fgsm_eps else None, "SOURCE")
+    req = _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts,
+                   seed, gradient_loss, clip, fgsm_clip, batch_size, curve_out)
+    req.backend, req.device, req.threads, req.dtype = backend, device, threads, dtype
+    req.data_dir, req.download, req.max_error = data_dir, not no_download, max_error
+    curve_fmt = curve_format(curve_out) if curve_out else None
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    outcome = evaluate_models(req, log=log, on_model=None if as_json else _print_model)
+    if curve_out:
+        try:
+            write_curve(Path(curve_out), curve_fmt, outcome.curve)
+        except OSError as exc:
+            raise os_problem(exc, f"write --curve-out {curve_out}") from None
+    results = outcome.results
+    if as_json:
+        emit_json(results[0] if len(results) == 1 else
+                  {"models": results, **({"curve": outcome.curve} if req.attacking else {})})
+    elif req.attacking and (len(results) > 1 or curve_out):
+        _print_curve(outcome.curve, req.labels, is_plain(plain))
+    if curve_out and not as_json:
+        click.echo(f"curve saved to {curve_out}")
+    for src, name, err in outcome.failed:
+        click.echo(f"FAIL: {src}: {name} error {err:.2f}% is above --max-error {max_error}%", err=True)
+    if outcome.failed:
+        sys.exit(1)
+
+
+def _request(sources, split, limit, attack_sets, eps_values, fgsm_eps, methods, steps, step_size, restarts, seed,
+             gradient_loss, clip, fgsm_clip, batch_size, curve_out) -> EvalRequest:
+    """The options as one request, every combination checked before any model is loaded."""
+    eps_option = "--fgsm-eps" if fgsm_eps and not eps_values else "--eps"
+    explain_stray_values(sources, eps_option if (fgsm_eps or eps_values) else None, "SOURCE")
     for src in sources:  # `--attack-set a.npz b.npz` makes b.npz a SOURCE
         if Path(src).suffix.lower() in (".npz", ".json", ".idx") and Path(src).is_file():
             raise UsageProblem(f"{src} was read as a SOURCE (a run directory or checkpoint) but looks like an attack "
                                "set: --attack-set takes one value each time (repeat it, or give the sets' folder)")
-    eps_list = parse_eps(fgsm_eps, "--fgsm-eps") if fgsm_eps else []
-    curve_fmt = _curve_format(curve_out) if curve_out else None
-    set_paths = _expand_sets(attack_sets)
-    attacking = bool(set_paths or eps_list)
-    if curve_out and not attacking:
-        raise UsageProblem("--curve-out needs --attack-set or --fgsm-eps (a curve of error against eps)")
-    # Load every model first, so a bad SOURCE fails before any work.
-    models = [(src, *load_network(src, backend=backend, device=device)) for src in sources]
-    if eps_list and fgsm_clip:  # --fgsm-clip for a ZCA model is refused before any data is read
-        from ..attack import clip_rule
-
-        for src, _, cfg, _, _ in models:
-            if cfg.data.preprocess == "zca":
-                clip_rule({"kind": "zca"}, True, "--fgsm-clip")
-    labels = _labels(sources)
-    data_path, origin = resolve_data_dir(data_dir, runs=sources)
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    with explained(data_path, origin):
-        raws = {ds: load_raw(ds, data_path, download=not no_download, log=log)
-                for ds in dict.fromkeys(cfg.data.dataset for _, _, cfg, _, _ in models)}
-
-    for src, net, cfg, _, _ in models:
-        raw = raws[cfg.data.dataset]
-        if cfg.model.input_size != raw["x_train"].shape[1]:
-            raise UsageProblem(f"{src} takes inputs of size {cfg.model.input_size}, but {cfg.data.dataset} images "
-                               f"have {raw['x_train'].shape[1]} pixels")
-    # each model's own preprocessing, fitted on its training split (ZCA: read back from the cache); one fit per
-    # distinct data config
-    prep_cache: dict = {}
-    preps = []
-    for _, _, cfg, _, _ in models:
-        key = (cfg.data.dataset, cfg.data.preprocess, cfg.data.eval_split, cfg.data.zca_epsilon)
-        if key not in prep_cache:
-            prep_cache[key] = preprocessor_for(cfg.data, raws[cfg.data.dataset], log)
-        preps.append(prep_cache[key])
-
-    # Every attack set against every model before any work: a mismatch fails at once, with nothing written.
-    set_cache: dict = {}
-    if set_paths:
-        from ..attack_sets import check_compatible, load_set
-
-        for (src, net, cfg, _, _), prep in zip(models, preps):
-            for path in set_paths:
-                key = (str(path), net.dtype)
-                if key not in set_cache:
-                    set_cache[key] = load_set(path, dtype=net.dtype)
-                check_compatible(set_cache[key], cfg, str(src), prep.describe())
-
-    results, curve, failed = [], [], []
-    for label, (src, net, cfg, ckpt, meta), prep in zip(labels, models, preps):
-        name = split or cfg.data.eval_split
-        # In a validation-mode run, `train` means the 50k the network was trained on.
-        # preprocessed as the run was: refitted on its training split (ZCA: read back from the cache)
-        data = split_of(raws[cfg.data.dataset], name, cfg.data.eval_split, net.dtype, limit, prep)
-        ev = check_finite(evaluate_arrays(net, data.x, data.y, sparsity=True), f"{src} on {name}")  # one forward pass
-        result = {
-            "source": str(src),
-            "checkpoint": str(ckpt),
-            "epoch": int(meta.get("epoch", 0)),
-            "split": name,
-            "n": ev.n,
-            "error": ev.error,
-            "loss": ev.loss,
-            "hidden_zero_percent": [100 * z for z in ev.hidden_zero_fraction],
-            "units": UNITS,
-            "backend": net.name,
-            "device": net.device,
-            "threads": threads,
-        }
-        if max_error is not None:
-            result["max_error"] = max_error
-            result["passed"] = ev.error <= max_error
-            if not result["passed"]:
-                failed.append((src, name, ev.error))
-        if attacking:
-            rows = _attack_rows(label, src, net, cfg, ckpt, data, ev, set_paths, set_cache, eps_list, fgsm_clip,
-                                batch_size)
-            result["attacks"] = rows
-            curve.extend(rows)
-        results.append(result)
-        if not as_json:
-            _print_model(result)
-
-    if curve_out:
-        try:
-            _write_curve(Path(curve_out), curve_fmt, curve)
-        except OSError as exc:
-            raise os_problem(exc, f"write --curve-out {curve_out}") from None
-    if as_json:
-        emit_json(results[0] if len(results) == 1 else {"models": results, **({"curve": curve} if attacking else {})})
-    elif attacking and (len(results) > 1 or curve_out):
-        _print_curve(curve, labels, is_plain(plain))
-    if curve_out and not as_json:
-        click.echo(f"curve saved to {curve_out}")
-    for src, name, err in failed:
-        click.echo(f"FAIL: {src}: {name} error {err:.2f}% is above --max-error {max_error}%", err=True)
-    if failed:
-        sys.exit(1)
+    names = [n.strip() for v in methods for n in str(v).split(",") if n.strip()] or ["fgsm"]
+    if fgsm_eps and names != ["fgsm"]:
+        raise UsageProblem(f"--fgsm-eps is the older name of --eps for --method fgsm; with --method "
+                           f"{','.join(names)} give --eps")
+    if clip is not None and fgsm_clip is not None and clip != fgsm_clip:
+        raise UsageProblem("--clip/--no-clip and --fgsm-clip/--fgsm-no-clip (its older name) disagree; give one")
+    values = [*eps_values, *fgsm_eps]
+    eps_list = parse_eps(values, eps_option) if values else []
+    if not eps_list and (methods or steps or step_size or restarts or seed is not None or gradient_loss != "model"):
+        raise UsageProblem("--method, --steps, --step-size, --restarts, --seed and --loss choose the white-box "
+                           "attacks run at each --eps: give --eps too (e.g. --eps 0.1,0.3)")
+    attacks = resolve_attacks(names, steps=steps, step_size=step_size, restarts=restarts, seed=seed,
+                              loss=gradient_loss, batch_size=batch_size) if eps_list else []
+    set_paths = expand_sets(attack_sets)
+    if curve_out and not (set_paths or eps_list):
+        raise UsageProblem("--curve-out needs --attack-set or --eps (a curve of error against eps)")
+    clip_option = "--fgsm-clip" if fgsm_clip is not None and clip is None else "--clip"
+    return EvalRequest(list(sources), _labels(sources), split, limit, set_paths, eps_list, attacks,
+                       clip if clip is not None else fgsm_clip, clip_option, eps_option)
 
 
 def _labels(sources) -> list[str]:
     """Short names for tables: the run folder's (or checkpoint's) name, the full path where names clash."""
     short = [Path(s).name or str(s) for s in sources]
     return [s if short.count(s) == 1 else str(src) for s, src in zip(short, sources)]
-
-
-def _curve_format(path: str) -> str:
-    from ..outdir import check_output_file
-
-    check_output_file(Path(path), "--curve-out")  # a folder or a file in the way, a name too long: refused now
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise UsageProblem(f"--curve-out {path}: name a .csv or a .json file")
-    return suffix[1:]
-
-
-def _expand_sets(values) -> list[Path]:
-    from ..attack_sets import sets_in_dir
-    from ..outdir import resolve
-
-    out: list[Path] = []
-    for v in values:
-        if not str(v).strip():
-            raise UsageProblem("--attack-set needs a file or folder name (got an empty string)")
-        p = Path(v)
-        if p.is_dir():
-            found = sets_in_dir(p)
-            if not found:
-                raise UsageProblem(f"--attack-set {p}: the folder's manifest lists no sets")
-            out.extend(found)
-        elif not p.exists() and not resolve(p.parent, p.name).exists():  # (a set still being moved into place)
-            raise UsageProblem(f"--attack-set {p} does not exist")
-        else:
-            out.append(p)
-    return out
-
-
-def _attack_rows(label, src, net, cfg, ckpt, data, clean, set_paths, set_cache, eps_list, fgsm_clip, batch_size):
-    from ..attack import overlap_with_training, whitebox_errors, zero_gradient_warning
-    from ..data.download import sha256_of
-
-    base = {"model": label, "source": str(src), "checkpoint": str(ckpt)}
-    rows = [{**base, "attack": "none", "eps": 0.0, "clip": None, "split": data.name, "set": None,
-             "n": clean.n, "error": clean.error, "loss": clean.loss}]
-    own_sha = None
-    seen = []  # sets whose clean images the model was trained on: one warning per model
-    for path in set_paths:
-        aset = set_cache[(str(path), net.dtype)]
-        m = aset.manifest
-        overlap = overlap_with_training(cfg, m, aset.indices)
-        if overlap:
-            seen.append((path, overlap, len(aset.y)))
-        own_sha = own_sha or sha256_of(ckpt)
-        set_source_sha = (m.get("source") or {}).get("checkpoint_sha256")
-        ev = check_finite(evaluate_arrays(net, aset.x, aset.y), f"{src} on {path}")
-        rows.append({**base, "attack": "whitebox-set" if set_source_sha == own_sha else "transfer",
-                     "eps": m.get("eps"), "clip": m.get("clip"), "split": (m.get("dataset") or {}).get("split"),
-                     "set": str(path), "set_source_checkpoint_sha256": set_source_sha,
-                     "quantised": bool(m.get("quantised")), "n": ev.n, "error": ev.error, "loss": ev.loss,
-                     "manifest_source_error": m.get("source_error")})
-    if seen:
-        path, overlap, n = seen[0]
-        more = f" (and likewise {len(seen) - 1} more set(s))" if len(seen) > 1 else ""
-        click.echo(f"warning: {src} was trained on {overlap} of the {n} clean images behind {path}{more}; "
-                   "its errors on such sets are not held-out numbers", err=True)
-    if eps_list:
-        from ..attack import clip_rule
-
-        rule = clip_rule(data.preprocess, fgsm_clip, "--fgsm-clip")
-        clip = rule.range
-        if cfg.data.preprocess != "scale01":
-            click.echo(f"advbp: white-box FGSM on {src} ({cfg.data.preprocess} inputs): {rule.rule}", err=True)
-        wb, grads = whitebox_errors(net, cfg, data.x, data.y, eps_list, clip, batch_size)
-        if grads.zero_samples:
-            click.echo(zero_gradient_warning(grads.zero_samples, len(data.y), f"the objective of {src}"), err=True)
-        for r in wb:
-            rows.append({**base, "attack": "whitebox", "eps": r["eps"], "clip": list(clip) if clip else None,
-                         "clip_rule": rule.rule,
-                         "split": data.name, "set": None, "n": r["n"], "error": r["error"], "loss": r["loss"],
-                         "zero_gradient_samples": grads.zero_samples})
-    return rows
 
 
 def _print_model(result: dict) -> None:
@@ -256,29 +140,43 @@ def _print_model(result: dict) -> None:
     for r in result.get("attacks", [])[1:]:
         clip = "clipped" if r["clip"] else "unclipped"
         what = {"transfer": "transfer", "whitebox-set": "own set", "whitebox": "white-box"}[r["attack"]]
+        what = f"{what} {attack_title(r)}"
         where = f" {r['set']}" if r["set"] else f" on {r['split']}"
         extra = ""
         if r.get("manifest_source_error") is not None and r["attack"] == "whitebox-set":
             extra = f" (manifest: {r['manifest_source_error']:.2f}%)"
-        click.echo(f"  {what:9s} eps {r['eps']:<5g} {clip:9s} error {r['error']:6.2f}% "
+        click.echo(f"  {what:13s} eps {r['eps']:<5g} {clip:9s} error {r['error']:6.2f}% "
                    f"({int(round(r['error'] * r['n'] / 100))}/{r['n']}){extra}{where}")
+
+
+def attack_title(r: dict) -> str:
+    """FGSM, BIM (10 steps), PGD (40 steps, 5 restarts): a row's attack method with its parameters."""
+    method = r.get("method") or "fgsm"
+    extra = [_count(r.get("steps"), "step"), _count(r.get("restarts"), "restart")]
+    extra = ", ".join(e for e in extra if e)
+    return method.upper() + (f" ({extra})" if extra else "")
+
+
+def _count(n, noun: str) -> str:
+    return "" if not n else f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _curve_key(r: dict):
     clip = "clip" if r["clip"] else "noclip"
     kind = "transfer" if r["attack"] in ("transfer", "whitebox-set") else r["attack"]
-    return kind, clip
+    return kind, attack_title(r), clip
 
 
 def _print_curve(curve: list[dict], labels: list[str], plain: bool) -> None:
-    """One table per attack kind (stored sets / white-box) and clipping: rows eps, columns models."""
+    """One table per attack kind (stored sets / white-box), method and clipping: rows eps, columns models."""
     clean = {r["model"]: r["error"] for r in curve if r["attack"] == "none"}
     groups: dict = {}
     for r in curve:
         if r["attack"] != "none":
             groups.setdefault(_curve_key(r), {}).setdefault(r["eps"], {})[r["model"]] = r
-    for (kind, clip), by_eps in groups.items():
-        title = "stored attack sets (transfer; * = the model is the set's source)" if kind == "transfer" else "white-box FGSM"
+    for (kind, method, clip), by_eps in groups.items():
+        title = (f"stored {method} attack sets (transfer; * = the model is the set's source)" if kind == "transfer"
+                 else f"white-box {method}")
         rows = [["0", *(f"{clean.get(lab, float('nan')):.2f}" for lab in labels)]]
         for eps in sorted(by_eps):
             cells = []
@@ -292,25 +190,3 @@ def _print_curve(curve: list[dict], labels: list[str], plain: bool) -> None:
                           f"{'clipped to the pixel range' if clip == 'clip' else 'unclipped'}")
 
 
-CSV_COLUMNS = ["model", "attack", "eps", "clip", "split", "n", "error", "loss", "set", "source"]
-
-
-def _write_curve(path: Path, fmt: str, curve: list[dict]) -> None:
-    from ..files import write_json_atomic, write_text_atomic
-    from ..provenance import provenance
-
-    if fmt == "json":
-        write_json_atomic(path, {"format": "advbp-robustness-curve/1", "provenance": provenance(("torch",)),
-                                 "rows": curve})
-        return
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in curve:
-        clip = "" if not r["clip"] else f"{r['clip'][0]:g}..{r['clip'][1]:g}"
-        w.writerow([r["model"], r["attack"], f"{r['eps']:g}", clip, r["split"], r["n"], f"{r['error']:.4f}",
-                    f"{r['loss']:.6f}", r["set"] or "", r["source"]])
-    write_text_atomic(path, buf.getvalue())
