@@ -48,21 +48,40 @@ BUGS = {
         ["tests/test_run_claims.py"],
         "every layer's zero count divided by the first hidden layer's size"),
     "manifest-records-last-eps": (
-        "advbp_cli/commands/attack.py", '            "eps": eps,\n            "clip"',
-        '            "eps": eps_list[-1],\n            "clip"',
+        "advbp_cli/attack_folder.py", '        "eps": eps,\n        "clip": list(clip_range)',
+        '        "eps": req.eps_list[-1],\n        "clip": list(clip_range)',
         ["tests/test_attack_claims.py", "tests/test_attack.py"],
         "every attack set's manifest records the last eps"),
     "source-error-on-clean-images": (
-        "advbp_cli/commands/attack.py", "            error = error_of(net, z, data.y)\n            stored, extra = z,",
-        "            error = error_of(net, data.x, data.y)\n            stored, extra = z,",
+        "advbp_cli/attack_folder.py", "        error = error_of(net, z, data.y)\n        stored, extra = z,",
+        "        error = error_of(net, data.x, data.y)\n        stored, extra = z,",
         ["tests/test_attack_claims.py", "tests/test_attack.py"],
         "the manifest's source error is measured on the clean images"),
+    "pgd-keeps-the-last-restart": (
+        "advbp_cli/attack_methods.py",
+        "            take = (wrong > wrong_best) | ((wrong == wrong_best) & (losses > loss_best))",
+        "            take = np.ones_like(wrong, dtype=bool)",
+        ["tests/test_iterative_attacks.py"],
+        "PGD keeps each sample's last restart instead of its worst case"),
+    "pgd-same-start-every-restart": (
+        "advbp_cli/attack_methods.py", "RandomStarts(params.seed, restart)", "RandomStarts(params.seed, 0)",
+        ["tests/test_iterative_attacks.py"],
+        "every PGD restart starts from the same random point"),
+    "linf-step-not-projected": (
+        "backends/step.py", "    z += s\n    return ops.clamp_(z, lo, hi)", "    z += s\n    return z",
+        ["tests/test_iterative_attacks.py"],
+        "BIM/PGD iterates are not projected onto the eps-ball and the pixel box"),
+    "linf-step-ignores-step-size": (
+        "backends/step.py", "    s = ops.sign(e)\n    s *= step_size\n", "    s = ops.sign(e)\n",
+        ["tests/test_iterative_attacks.py"],
+        "BIM/PGD steps by 1 (then the projection) whatever --step-size says"),
     "torch-fgsm-sign-flipped": (
         "backends/torch.py", "    return torch.sign(a)", "    return -torch.sign(a)",
         ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
         "the torch backend's sign primitive is flipped, so its FGSM moves against the gradient"),
     "numpy-ignores-clip": (
-        "backends/numpy.py", "    return np.clip(a, lo, hi, out=a)", "    return a",
+        "backends/numpy.py", "def clip_(a: np.ndarray, lo: float, hi: float) -> np.ndarray:\n    return np.clip(a, lo, hi, out=a)",
+        "def clip_(a: np.ndarray, lo: float, hi: float) -> np.ndarray:\n    return a",
         ["tests/test_algorithm1.py", "tests/test_fgsm.py"],
         "the numpy backend's clip primitive does nothing, so --clip is ignored"),
     "fgsm-ignores-clip": (
