@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import autogroup  # benchmarks/machine.py (this folder is sys.path[0] when a script runs)
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PRESET = "mnist-relu-2x400-adv"
 
@@ -92,14 +94,6 @@ def threads_of(root: Path, mode: str) -> str:
     cfgs = sorted(root.glob(f"{mode}-1-*/config.json"))
     r = json.loads(cfgs[-1].read_text())
     return f"{r['resolved']['threads']} ({r['resolved'].get('threads_reason', '')})"
-
-
-def autogroup() -> str:
-    try:
-        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    except OSError:
-        return "autogroup scheduling: unknown"
-    return f"autogroup scheduling (CPU time shared per session first): {'on' if on else 'off'}"
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Does a local sweep keep every core busy? The wall time of `advbp sweep` with its default (parallel workers)
 against the sum of its runs' own times, measured in one run of this script.
 
-    python benchmarks/sweep_parallel.py [--data-dir DIR] [--seeds 2] [--train-limit 10000] [--epochs 2]
+    python benchmarks/sweep_parallel.py [--data-dir DIR] [--seeds 2] [--train-limit 60000] [--epochs 6]
                                         [--backend torch] [--cpus 0,1]
 
 The sweep: the 2x400 ReLU row, adversarial and back-propagation, --seeds seeds each (4 runs by default), on real
@@ -14,7 +14,9 @@ cores, where 0.5 is perfect), wall(parallel) / wall(serial), and the load averag
 
 On a machine that other sessions keep busy this ratio cannot show much: with Linux's autogroup scheduling a
 session's processes share one session's CPU time, and a sweep's workers are in the sweep's session (as they should
-be: Ctrl-C in its terminal reaches them). Measure it on a quiet machine.
+be: Ctrl-C in its terminal reaches them). Measure it on a quiet machine (benchmarks/quiet_machine.py). The default
+size (runs of 17-38 s) is the smallest at which two workers' start-up (importing torch, decoding MNIST) stops
+dominating: with 2 s runs the ratio is all overhead (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import autogroup  # benchmarks/machine.py (this folder is sys.path[0] when a script runs)
 
 PRESETS = ["mnist-relu-2x400-adv", "mnist-relu-2x400-backprop"]
 
@@ -45,20 +49,12 @@ def sweep(out: Path, workers: str, args) -> tuple[float, list[float]]:
     return wall, own
 
 
-def autogroup() -> str:
-    try:
-        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    except OSError:
-        return "autogroup scheduling: unknown"
-    return f"autogroup scheduling (CPU time shared per session first): {'on' if on else 'off'}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("ADVBP_DATA_DIR"), help="folder holding mnist/")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-limit", type=int, default=60000)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--backend", choices=["torch", "numpy"], default="torch")
     ap.add_argument("--cpus", default=None, help="CPU ids to pin the sweeps to (default: the first two usable)")
     args = ap.parse_args()
