@@ -483,3 +483,50 @@ def test_pgd_on_a_cifar_conv_net_uses_fgsms_clipping_rule(cifar_runs, cifar_data
     assert z.min() >= np.float32(lo) and z.max() <= np.float32(hi) and z.shape == clean.shape == (12, 3072)
     d = np.abs(z.astype(np.float64) - clean)
     assert d.max() <= 0.3 + 4 * np.finfo(np.float32).eps and (d > 0.15).mean() > 0.5
+
+
+# --------------------------------------------------------- gaps the mutation run of the attack group found
+def test_restarts_are_judged_per_sample_across_evaluation_chunks(xy):
+    """_judge evaluates CHUNK samples at a time: with more than one chunk each sample is still judged against its
+    own label (a misaligned slice of y would compare sample i with another label)."""
+    from advbp_cli.attack_methods import _judge
+    from advbp_cli.evaluate import CHUNK
+
+    x, y = xy
+    net, _ = _net("numpy", hidden=(8, 8))
+    reps = CHUNK // len(x) + 2  # more rows than one chunk
+    xs, ys = np.tile(x, (reps, 1)), np.tile(y, reps)
+    assert len(xs) > CHUNK
+    wrong, losses = _judge(net, xs, ys)
+    logits = net.logits(xs)
+    np.testing.assert_array_equal(wrong, logits.argmax(axis=1) != ys)
+    want, _ = net.net.loss(net.ops, logits, ys, want_grad=False)
+    np.testing.assert_allclose(losses, want, rtol=1e-12)
+    assert 0 < wrong.mean() < 1  # both kinds present, so a wrong label shows
+
+
+def test_the_folder_manifest_records_the_source_data_and_attack_of_its_sets(source, data_dir, tmp_path):
+    from advbp_cli.attack_sets import read_dir_manifest
+
+    out = _attack(data_dir, source, tmp_path / "pgd", "--method", "pgd", "--steps", "3", "--restarts", "2")
+    folder = read_dir_manifest(out)
+    for entry in folder["sets"]:
+        own = json.loads((out / entry["manifest"]).read_text())
+        for key in ("source", "dataset", "attack", "preprocess", "input_shape", "provenance"):
+            assert folder[key] == own[key], key
+    assert folder["attack"]["method"] == "pgd" and folder["attack"]["steps"] == 3 and folder["attack"]["restarts"] == 2
+    import hashlib
+
+    ckpt = source / "checkpoint.safetensors"
+    assert folder["source"]["checkpoint"] == str(ckpt) and folder["source"]["epoch"] == 1
+    assert folder["source"]["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["a.json", "pgd-eps0.05.jso", "../pgd-eps0.05.json"])
+def test_a_folder_manifest_naming_another_set_manifest_is_refused(source, data_dir, tmp_path, cli, name):
+    out = _attack(data_dir, source, tmp_path / "pgd", "--method", "pgd", "--steps", "2")
+    m = json.loads((out / "manifest.json").read_text())
+    m["sets"][0]["manifest"] = name
+    (out / "manifest.json").write_text(json.dumps(m))
+    r = cli(["eval", str(source), "--attack-set", str(out), "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and "'sets' is not a list of" in r.stderr, r.stderr
