@@ -346,3 +346,31 @@ def test_advbp_cli_never_unpickles():
                   and any(ast.unparse(b) == "pickle.Unpickler" for b in c.bases)]
     assert unpicklers and all(any(isinstance(f, ast.FunctionDef) and f.name == "find_class" for f in c.body)
                               for c in unpicklers)
+
+
+def test_advbp_checkpoints_are_laid_out_as_safetensors_writes_them(tmp_path):
+    """save_checkpoint writes the bytes itself (deterministic: sorted names and keys); the layout must still be
+    the safetensors one: the header padded with spaces so the data starts 8-byte aligned, tensors in name order,
+    back to back. safetensors' own writer pads the same way (checked on the same tensors)."""
+    from advbp_cli.checkpoint import save_checkpoint
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 9):  # header lengths of every residue mod 8
+        params = {f"layers.{i}.weight": rng.normal(size=(3, n + i)).astype(np.float32) for i in range(2)}
+        path = tmp_path / f"c{n}.safetensors"
+        save_checkpoint(path, params, {"model": {"hidden": [n]}}, n)
+        raw = path.read_bytes()
+        (head_len,) = struct.unpack("<Q", raw[:8])
+        assert (8 + head_len) % 8 == 0, n
+        head = raw[8:8 + head_len]
+        assert head_len - len(head.rstrip(b" ")) < 8  # padding only, spaces only (JSON ignores them)
+        header = json.loads(head)
+        data = raw[8 + head_len:]
+        for name in sorted(params):
+            lo, hi = header[name]["data_offsets"]
+            np.testing.assert_array_equal(np.frombuffer(data[lo:hi], "<f4").reshape(params[name].shape), params[name])
+        assert len(data) == sum(p.nbytes for p in params.values())
+        ref = tmp_path / f"ref{n}.safetensors"
+        save_file(params, str(ref), metadata={"x": "y" * n})
+        (ref_len,) = struct.unpack("<Q", ref.read_bytes()[:8])
+        assert (8 + ref_len) % 8 == 0  # the convention advbp follows
