@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import core_schema
 
 from .backends import architecture, available_backends
 from .data.registry import DEFAULT_DATASET, dataset_names, get_dataset
@@ -23,9 +24,20 @@ from .threads import parse_threads
 @dataclass(frozen=True)
 class Choices:
     """Field metadata: the accepted values come from a registry function, so click's choices, --help and the
-    validation follow the registry (a Literal would be a second list to keep in step)."""
+    validation follow the registry (a Literal would be a second list to keep in step). `what` names the kind of
+    value in the error: "unknown backend 'x' (accepted: numpy, torch)"."""
 
     values: Callable[[], list[str]]
+    what: str
+
+    def check(self, v: str) -> str:
+        if v not in self.values():
+            raise ValueError(f"unknown {self.what} {v!r} (accepted: {', '.join(self.values())})")
+        return v
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        # the marker validates too: the field's type, then membership of the registry at validation time
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
 
 def _paper(text: str) -> dict:
@@ -176,7 +188,7 @@ def _dataset_help() -> str:
 
 class DataConfig(_Strict):
     # the accepted names are the data set registry's (advbp_cli/data/registry.py), as the backends' are theirs
-    dataset: Annotated[str, Choices(dataset_names)] = Field(DEFAULT_DATASET, description=_dataset_help())
+    dataset: Annotated[str, Choices(dataset_names, "data set")] = Field(DEFAULT_DATASET, description=_dataset_help())
     eval_split: Literal["test", "validation"] = Field(
         "test",
         description="test: train on the whole training set (MNIST 60k, CIFAR-10 50k), evaluate on the 10k test set; "
@@ -194,16 +206,9 @@ class DataConfig(_Strict):
     eval_limit: Optional[int] = Field(None, gt=0, description="use only the first N evaluation images")
     eval_train_error: bool = Field(True, description="measure the clean training error after every epoch")
 
-    @field_validator("dataset")
-    @classmethod
-    def _registered(cls, v):
-        if v not in dataset_names():
-            raise ValueError(f"unknown data set {v!r} (accepted: {', '.join(dataset_names())})")
-        return v
-
 
 class RuntimeConfig(_Strict):
-    backend: Annotated[str, Choices(available_backends)] = Field(
+    backend: Annotated[str, Choices(available_backends, "backend")] = Field(
         "torch", description="arithmetic backend (numpy: the reference; torch: CPU or CUDA)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when available)")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the arithmetic")
@@ -213,13 +218,6 @@ class RuntimeConfig(_Strict):
     threads: Annotated[Union[Literal["auto"], int], BeforeValidator(parse_threads)] = Field(
         "auto", description="CPU threads of the arithmetic (torch intra-op and BLAS): a positive integer, or auto "
         "(one for small steps such as MNIST at batch 10, else this run's share of the CPUs; see advbp_cli/threads.py)")
-
-    @field_validator("backend")
-    @classmethod
-    def _registered(cls, v):
-        if v not in available_backends():
-            raise ValueError(f"unknown backend {v!r} (accepted: {', '.join(available_backends())})")
-        return v
 
     @model_validator(mode="after")
     def _numpy_is_cpu(self):
