@@ -20,7 +20,9 @@ import json
 import os
 import shutil
 import stat as stat_mod
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
 from .errors import UsageProblem, os_problem
@@ -267,6 +269,20 @@ def _unlink(path: Path) -> None:
         pass  # undo and cleanup are best effort; the error that caused them is the one to report
 
 
+@contextmanager
+def _undone_on_error(undo: Callable[[], None], what: str):
+    """Any exception in the block runs `undo` (put the folder back as it was) before it propagates; an OSError
+    becomes one line saying what could not be done (`what`)."""
+    try:
+        yield
+    except OSError as exc:
+        undo()
+        raise os_problem(exc, what) from None
+    except BaseException:
+        undo()
+        raise
+
+
 def take(path: Path, kind: str, option: str, adopt=None) -> Taken:
     """Checks `path` (`inspect`), creates it, writes the marker if missing, takes the lock, and deletes the
     temporaries a killed advbp process left among its own files. Refusals happen before anything is written."""
@@ -289,19 +305,15 @@ def take(path: Path, kind: str, option: str, adopt=None) -> Taken:
         if not os.path.lexists(path / LOCK):
             taken.remove_created_folders()
         raise
-    try:
+    def undo() -> None:
+        taken.undo()
+        lock.release()
+
+    with _undone_on_error(undo, f"write into {option} {path}"):
         if state != "own":
             write_marker(path, kind, [] if kind in ("attack", "report") else None)
         for tmp in stale_temporaries(path, [*owned_files(path), MARKER]):
             _unlink(tmp)
-    except OSError as exc:
-        taken.undo()
-        lock.release()
-        raise os_problem(exc, f"write into {option} {path}") from None
-    except BaseException:
-        taken.undo()
-        lock.release()
-        raise
     return taken
 
 
@@ -320,18 +332,12 @@ class StagedWrite:
     def __enter__(self) -> "StagedWrite":
         check_writable(self.folder, self.kind, self.option, self.overwrite, self.what)
         self.taken = take(self.folder, self.kind, self.option)
-        try:
+        with _undone_on_error(self._abandon, f"write into {self.option} {self.folder}"):
             recover(self.folder)
             if has_content(self.folder, self.kind) and not self.overwrite:  # written meanwhile by another process
                 raise UsageProblem(f"{self.option} {self.folder} already holds {self.what or KINDS[self.kind]}; use "
                                    f"--overwrite or another {self.option}")
             self.path.mkdir()
-        except OSError as exc:
-            self._abandon()
-            raise os_problem(exc, f"write into {self.option} {self.folder}") from None
-        except BaseException:
-            self._abandon()
-            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -340,14 +346,8 @@ class StagedWrite:
             if issubclass(exc_type, OSError):  # e.g. a full disk while writing a file: one line, nothing changed
                 raise os_problem(exc, f"write into {self.option} {self.folder}") from None
             return False
-        try:
+        with _undone_on_error(self._abandon, f"write into {self.option} {self.folder}"):
             self._write_commit_record()
-        except OSError as err:
-            self._abandon()
-            raise os_problem(err, f"write into {self.option} {self.folder}") from None
-        except BaseException:
-            self._abandon()
-            raise
         try:  # committed: from here on the new files are the folder's, also if this fails half-way (see recover)
             apply_commit(self.folder)
         except OSError as err:

@@ -693,6 +693,28 @@ def test_a_full_disk_in_every_other_command_is_one_line(command, pattern, world,
         assert cli(sweep_args(data_dir, out, "--resume")).exit_code == 0  # and it continues once there is room
 
 
+@pytest.mark.parametrize("command", ["attack", "report"])
+def test_a_full_disk_while_taking_or_committing_a_folder_changes_nothing(command, world, data_dir, tmp_path, cli,
+                                                                        monkeypatch):
+    """The folder bookkeeping itself can meet a full disk: the marker written when a new --out is taken (the new
+    folder is removed again), and the commit record of a whole-folder overwrite (the old files stay)."""
+    make = {"attack": lambda src, out, *extra: attack_args(data_dir, src, out, *extra),
+            "report": lambda src, out, *extra: report_args(data_dir, src, out, *extra)}[command]
+    new = tmp_path / "parent" / "new"
+    _disk_full_at(monkeypatch, "..advbp-folder.json.")
+    one_line(cli(make(world["a"], new)), "No space left on device")
+    monkeypatch.undo()
+    assert not new.exists() and not new.parent.exists()
+    out = tmp_path / "out"
+    assert cli(make(world["a"], out)).exit_code == 0
+    before = tree(out)
+    _disk_full_at(monkeypatch, ".commit.json.")
+    one_line(cli(make(world["b"], out, "--overwrite")), "No space left on device")
+    monkeypatch.undo()
+    assert {k: v for k, v in tree(out).items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+    no_leftovers(out)
+
+
 @pytest.mark.parametrize("command,backend", [("train", "numpy"), ("train", "torch"), ("sweep", "numpy")])
 def test_an_oversized_network_is_one_line_naming_the_option(command, backend, data_dir, tmp_path):
     """A real MemoryError: 2 x 100 000 hidden units need ~80 GB; RLIMIT_AS (6 GB) makes that fail on any machine."""
