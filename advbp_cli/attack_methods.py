@@ -26,7 +26,7 @@ import numpy as np
 from .attack import ATTACK_MASK_EPOCH, fgsm_signs, perturb
 from .attack_sets import eps_tag
 from .errors import UsageProblem
-from .evaluate import CHUNK
+from .evaluate import evaluate_arrays
 from .rng import STREAM_ATTACK, DropoutMasks, RandomStarts
 
 # The step size when --step-size is left out: a = 2.5 eps / K, so K steps can cross the ball's diameter (2 eps)
@@ -228,17 +228,11 @@ def linf_iterates(gnet, x, y, eps, step_size, params: AttackParams, clip, restar
 
 def _judge(gnet, z, y) -> tuple[np.ndarray, np.ndarray]:
     """(misclassified, loss J_i) per sample, from one forward pass of the gradient's network in evaluation mode."""
-    wrong, losses = [], []
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for lo in range(0, len(z), CHUNK):
-            ev = gnet.evaluate(gnet.asarray(z[lo:lo + CHUNK]), gnet.asarray(y[lo:lo + CHUNK], labels=True))
-            wrong.append(ev.predictions != y[lo:lo + CHUNK])
-            losses.append(np.asarray(ev.losses, dtype=np.float64))
-    loss = np.concatenate(losses) if losses else np.zeros(0)
-    if not np.isfinite(loss).all():
+    ev = evaluate_arrays(gnet, z, y)
+    if ev.nonfinite:
         raise UsageProblem("the source network's outputs are NaN or Inf on the attack's iterates, so restarts cannot "
                            "be compared (weights or inputs out of range)")
-    return (np.concatenate(wrong) if wrong else np.zeros(0, bool)), loss
+    return ev.predictions != y, ev.losses.astype(np.float64)
 
 
 def _representable(value: float, dtype: str, option: str) -> None:

@@ -18,6 +18,7 @@ class Evaluation:
     error: float  # percent misclassified
     loss: float  # mean per-sample objective
     predictions: np.ndarray
+    losses: np.ndarray  # each sample's objective (in the network's dtype), the mean of which is `loss`
     hidden_zero_fraction: list[float] | None = None  # per hidden layer, when asked for (the paper's Figure 3)
     nonfinite: int = 0  # samples whose loss is NaN or Inf (their outputs are): no prediction (see check_finite)
 
@@ -47,7 +48,7 @@ def _evaluate(backend, x: np.ndarray, y: np.ndarray, sparsity: bool) -> Evaluati
     if sparsity:
         fractions = [z / (len(x) * s) if len(x) else float("nan") for z, s in zip(zeros, backend.model.hidden)]
     bad = int((~np.isfinite(loss)).sum())
-    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred, fractions, bad)
+    return Evaluation(len(y), err, float(loss.mean()) if len(loss) else float("nan"), pred, loss, fractions, bad)
 
 
 def check_finite(ev: Evaluation, what: str) -> Evaluation:
